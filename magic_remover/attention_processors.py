@@ -1,0 +1,330 @@
+"""Attention processors for MagicRemover, and the pure functions that turn captured maps into guidance.
+
+Two processors, installed only on the layers that need them and only for the duration of one call:
+
+* :class:`SelfAttentionKVSwapProcessor` (eq. 10): in the reconstruction pass it records each self-attention layer's
+  keys and values; in the edit pass it attends with the edit branch's own queries to those recorded keys and values.
+* :class:`CrossAttentionCaptureProcessor`: computes the conditional half's cross-attention probabilities with an
+  explicit float32 softmax (SDPA never exposes them) and keeps their head-mean so the target's map ``A_{t,k}`` can be
+  built, with its autograd graph in the edit pass.
+
+Both read one :class:`RemovalAttentionState`, created per call and dropped after it (Prompt-to-Prompt's
+``AttentionStore`` made stateless per call). Outside the reconstruction and edit passes they defer to the processor
+they replaced, so LoRA, IP-Adapter or sliced processors keep working. :func:`installed_processors` restores every
+original processor in ``finally``, also when the call raises.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+RECONSTRUCT = "reconstruct"
+EDIT = "edit"
+PASSTHROUGH = "passthrough"
+
+
+class RemovalAttentionState:
+    """What the processors share during one removal call; nothing survives the call.
+
+    ``mode`` is set by the pipeline before each UNet call: ``"reconstruct"`` (record self-attention K/V, capture
+    cross-attention without a graph), ``"edit"`` (swap K/V, capture with a graph) or ``"passthrough"``.
+    Every UNet call in those modes is classifier-free-guidance batched as ``[unconditional, conditional]``.
+    """
+
+    def __init__(self):
+        self.mode = PASSTHROUGH
+        self.self_attention_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cross_attention: dict[str, torch.Tensor] = {}
+
+    def start_pass(self, mode: str) -> None:
+        if mode not in (RECONSTRUCT, EDIT, PASSTHROUGH):
+            raise ValueError(f"Unknown attention pass {mode!r}.")
+        self.mode = mode
+        self.cross_attention = {}
+        if mode == RECONSTRUCT:
+            self.self_attention_kv = {}
+
+    def clear(self) -> None:
+        self.mode = PASSTHROUGH
+        self.self_attention_kv = {}
+        self.cross_attention = {}
+
+
+def _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
+    """The input half of diffusers' ``AttnProcessor2_0``: returns q, k, v as ``[batch, heads, tokens, head_dim]``."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    spatial_shape = None
+    if input_ndim == 4:
+        batch_size, channel, height, width = hidden_states.shape
+        spatial_shape = (channel, height, width)
+        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+    batch_size, sequence_length, _ = (
+        hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+    )
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+    query = attn.to_q(hidden_states)
+    if encoder_hidden_states is None:
+        encoder_hidden_states = hidden_states
+    elif attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    key = attn.to_k(encoder_hidden_states)
+    value = attn.to_v(encoder_hidden_states)
+
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value, attention_mask, residual, spatial_shape
+
+
+def _finish(attn, hidden_states, residual, spatial_shape, dtype):
+    """The output half of ``AttnProcessor2_0``: merge heads, project, restore the spatial layout."""
+    batch_size, heads, tokens, head_dim = hidden_states.shape
+    hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, tokens, heads * head_dim).to(dtype)
+    hidden_states = attn.to_out[0](hidden_states)
+    hidden_states = attn.to_out[1](hidden_states)
+    if spatial_shape is not None:
+        channel, height, width = spatial_shape
+        hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+    if attn.residual_connection:
+        hidden_states = hidden_states + residual
+    return hidden_states / attn.rescale_output_factor
+
+
+class _RemovalProcessor:
+    def __init__(self, state: RemovalAttentionState, name: str, original):
+        self.state = state
+        self.name = name
+        self.original = original
+
+    def _passthrough(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs):
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+
+class SelfAttentionKVSwapProcessor(_RemovalProcessor):
+    """Eq. 10: ``Attention(Q_edit, K_rec, V_rec)`` in the edit pass; records ``K_rec, V_rec`` in the reconstruction pass."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        mode = self.state.mode
+        if mode == PASSTHROUGH:
+            return self._passthrough(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        query, key, value, mask, residual, spatial = _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if mode == RECONSTRUCT:
+            self.state.self_attention_kv[self.name] = (key.detach(), value.detach())
+        else:
+            recorded = self.state.self_attention_kv.get(self.name)
+            if recorded is None or recorded[0].shape[0] != key.shape[0]:
+                raise RuntimeError(f"No reconstruction keys/values recorded for {self.name} before the edit pass.")
+            key, value = recorded
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        return _finish(attn, out, residual, spatial, query.dtype)
+
+
+class CrossAttentionCaptureProcessor(_RemovalProcessor):
+    """Captures the conditional half's cross-attention probabilities, ``[B, pixels, tokens]`` averaged over heads.
+
+    The softmax runs in float32 (it feeds the energy and its gradient) and its output is also what the layer uses,
+    so the captured map is exactly the attention the UNet applied and the gradient flows through it.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if self.state.mode == PASSTHROUGH:
+            return self._passthrough(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        query, key, value, mask, residual, spatial = _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        half = query.shape[0] // 2  # [unconditional, conditional]
+        uncond = F.scaled_dot_product_attention(
+            query[:half], key[:half], value[:half], attn_mask=None if mask is None else mask[:half]
+        )
+        scores = torch.matmul(query[half:].float(), key[half:].float().transpose(-1, -2)) * attn.scale
+        if mask is not None:
+            scores = scores + mask[half:].float()
+        probs = scores.softmax(dim=-1)
+        cond = torch.matmul(probs.to(value.dtype), value[half:])
+        self.state.cross_attention[self.name] = probs.mean(dim=1)
+        return _finish(attn, torch.cat([uncond, cond]), residual, spatial, query.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Installation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def attention_layer_names(unet) -> tuple[list[str], list[str]]:
+    """Processor names (as in ``unet.attn_processors``) of the self- and the cross-attention layers."""
+    self_names, cross_names = [], []
+    for name, module in unet.named_modules():
+        if hasattr(module, "set_processor") and hasattr(module, "is_cross_attention"):
+            (cross_names if module.is_cross_attention else self_names).append(f"{name}.processor")
+    return self_names, cross_names
+
+
+def select_layers(names: Sequence[str], selection, argument: str) -> list[str]:
+    """Filters layer names by ``"all"`` or an iterable of name fragments such as ``["up_blocks", "mid_block"]``."""
+    if selection is None or selection == "all":
+        chosen = list(names)
+    elif isinstance(selection, str):
+        chosen = [n for n in names if selection in n]
+    else:
+        fragments = list(selection)
+        if not all(isinstance(f, str) for f in fragments):
+            raise TypeError(f"`{argument}` must be 'all' or a list of layer-name fragments (str), got {selection!r}.")
+        chosen = [n for n in names if any(f in n for f in fragments)]
+    if not chosen:
+        raise ValueError(
+            f"`{argument}`={selection!r} matches none of the UNet's attention layers; names look like {names[:2]}."
+        )
+    return chosen
+
+
+@contextmanager
+def installed_processors(unet, processors: dict):
+    """Sets ``processors`` (name -> processor) on exactly those layers and restores the originals on exit.
+
+    Layers are addressed one by one (``set_attn_processor`` with a dict would need every layer and pops the dict),
+    so every other layer keeps whatever processor it had.
+    """
+    originals = {}
+    try:
+        for name, processor in processors.items():
+            module = unet.get_submodule(name[: -len(".processor")])
+            originals[name] = module.processor
+            module.set_processor(processor)
+        yield
+    finally:
+        for name, processor in originals.items():
+            unet.get_submodule(name[: -len(".processor")]).set_processor(processor)
+
+
+def build_processors(unet, state: RemovalAttentionState, self_names: Iterable[str], cross_names: Iterable[str]) -> dict:
+    current = unet.attn_processors
+    processors = {name: SelfAttentionKVSwapProcessor(state, name, current[name]) for name in self_names}
+    processors.update({name: CrossAttentionCaptureProcessor(state, name, current[name]) for name in cross_names})
+    return processors
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure functions: maps, energy, weights
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def layer_resolution(num_pixels: int, latent_size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h, w)`` of a UNet level with ``num_pixels`` positions: ``ceil(size / 2^k)`` for some level k."""
+    height, width = latent_size
+    for level in range(8):
+        h, w = math.ceil(height / 2**level), math.ceil(width / 2**level)
+        if h * w == num_pixels:
+            return h, w
+    raise ValueError(f"Cannot place an attention map of {num_pixels} pixels on a {height}x{width} latent.")
+
+
+def aggregate_cross_attention(maps: dict[str, torch.Tensor], latent_size: tuple[int, int]) -> torch.Tensor:
+    """All captured layers resized to the latent's height and width and averaged: ``[B, tokens, h, w]``."""
+    if not maps:
+        raise RuntimeError("No cross-attention was captured; is the UNet conditioned through cross-attention?")
+    total = None
+    for probs in maps.values():
+        batch, pixels, tokens = probs.shape
+        h, w = layer_resolution(pixels, latent_size)
+        layer = probs.transpose(1, 2).reshape(batch, tokens, h, w).float()
+        if (h, w) != tuple(latent_size):
+            layer = F.interpolate(layer, size=tuple(latent_size), mode="bilinear", align_corners=False)
+        total = layer if total is None else total + layer
+    return total / len(maps)
+
+
+def word_maps(aggregated: torch.Tensor, token_groups) -> list[list[torch.Tensor]]:
+    """Per target object m and word n, the word's map ``A_{t,k}``: ``[B, h, w]``, summed over the word's tokens.
+
+    ``token_groups[b][m][n]`` lists the token positions of word n of object m in sample b's prompt.
+    """
+    batch = aggregated.shape[0]
+    num_objects = len(token_groups[0])
+    result = []
+    for m in range(num_objects):
+        words = []
+        for n in range(len(token_groups[0][m])):
+            words.append(torch.stack([aggregated[b, token_groups[b][m][n]].sum(0) for b in range(batch)]))
+        result.append(words)
+    return result
+
+
+def normalize_map(attention_map: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Min-max normalisation per sample with the statistics detached, so that the energy's gradient lowers the raw
+    attention of the target rather than reshaping the map to game the normalisation."""
+    flat = attention_map.flatten(1)
+    low = flat.min(dim=1).values.detach().view(-1, *([1] * (attention_map.ndim - 1)))
+    high = flat.max(dim=1).values.detach().view(-1, *([1] * (attention_map.ndim - 1)))
+    return (attention_map - low) / (high - low + eps)
+
+
+def attention_energy(attention_map: torch.Tensor, erase_lambda: float, pixel_area: float = 1.0) -> torch.Tensor:
+    """Eq. 7: ``g = || A - [min A + lambda (max A - min A)] A ||_1`` per sample.
+
+    The bracket is a constant of the step (detached). The L1 norm runs over the image's pixels as in the paper; the map
+    lives at latent resolution, so each latent pixel stands for ``pixel_area`` image pixels.
+    """
+    flat = attention_map.flatten(1)
+    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+    threshold = (low + erase_lambda * (high - low)).detach().unsqueeze(1)
+    return (flat - threshold * flat).abs().sum(dim=1) * pixel_area
+
+
+def quantile_energy(attention_map: torch.Tensor, quantile: float = 0.8) -> torch.Tensor:
+    """The authors' research-code energy: on the pixels at or above the map's ``quantile``, the mean squared distance
+    of A from its minimum."""
+    flat = attention_map.flatten(1)
+    threshold = torch.quantile(flat.detach(), quantile, dim=1, keepdim=True)
+    selected = (flat >= threshold).float()
+    low = flat.min(dim=1, keepdim=True).values.detach()
+    return ((flat - low) ** 2 * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)
+
+
+def top_fraction_mask(attention_map: torch.Tensor, fraction: float = 0.2) -> torch.Tensor:
+    """Binary mask of the top ``fraction`` of each sample's map (the research code's gradient gate)."""
+    flat = attention_map.flatten(1)
+    threshold = torch.quantile(flat, 1.0 - fraction, dim=1, keepdim=True)
+    return (flat >= threshold).float().view_as(attention_map)
+
+
+def product_map(words: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Eq. 9's ``prod_n A_{t,k}`` over an object's (normalised) word maps."""
+    result = words[0]
+    for word in words[1:]:
+        result = result * word
+    return result
+
+
+__all__ = [
+    "CrossAttentionCaptureProcessor",
+    "RemovalAttentionState",
+    "SelfAttentionKVSwapProcessor",
+    "aggregate_cross_attention",
+    "attention_energy",
+    "attention_layer_names",
+    "build_processors",
+    "installed_processors",
+    "layer_resolution",
+    "normalize_map",
+    "product_map",
+    "quantile_energy",
+    "select_layers",
+    "top_fraction_mask",
+    "word_maps",
+]

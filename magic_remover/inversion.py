@@ -1,0 +1,330 @@
+"""DDIM and null-text inversion, and the DDIM arithmetic the removal loop shares with them.
+
+Everything here works on epsilon predictions in float32, whatever the UNet's dtype or prediction type: the
+pipeline converts the UNet's output with :func:`to_epsilon` before it reaches these functions. The functions
+take a ``noise_fn(latents, timestep, encoder_hidden_states) -> epsilon`` callable instead of a UNet so that they
+stay independent of processors, offloading and dtypes, and so tests can call them with any function.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+NoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+INVERSION_METHODS = ("null-text", "ddim", "negative-prompt")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure DDIM arithmetic (eq. 3 with sigma = 0, and eq. 12)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def to_epsilon(model_output: torch.Tensor, latents: torch.Tensor, alpha_prod_t, prediction_type: str) -> torch.Tensor:
+    """Converts a UNet output of any prediction type to the epsilon it implies at ``latents``."""
+    alpha_prod_t = torch.as_tensor(alpha_prod_t, dtype=latents.dtype, device=latents.device)
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":
+        return alpha_prod_t.sqrt() * model_output + (1 - alpha_prod_t).sqrt() * latents
+    if prediction_type == "sample":
+        return (latents - alpha_prod_t.sqrt() * model_output) / (1 - alpha_prod_t).sqrt()
+    raise ValueError(
+        f"Unsupported scheduler prediction_type {prediction_type!r}: expected 'epsilon', 'v_prediction' or 'sample'."
+    )
+
+
+def predict_x0(latents: torch.Tensor, epsilon: torch.Tensor, alpha_prod_t) -> torch.Tensor:
+    """The "predicted x0" term of eq. 3."""
+    alpha_prod_t = torch.as_tensor(alpha_prod_t, dtype=latents.dtype, device=latents.device)
+    return (latents - (1 - alpha_prod_t).sqrt() * epsilon) / alpha_prod_t.sqrt()
+
+
+def ddim_step(
+    latents: torch.Tensor,
+    epsilon_x0: torch.Tensor,
+    epsilon_direction: torch.Tensor,
+    alpha_prod_t,
+    alpha_prod_next,
+) -> torch.Tensor:
+    """Deterministic DDIM move from ``alpha_prod_t`` to ``alpha_prod_next`` (eq. 3, sigma = 0).
+
+    The two epsilons may differ: MagicRemover predicts x0 with the unguided epsilon and points the direction with the
+    guided one (Algorithm 1, line 13). With ``alpha_prod_next > alpha_prod_t`` this is a denoising step, with
+    ``alpha_prod_next < alpha_prod_t`` an inversion step, and with ``alpha_prod_next == alpha_prod_t`` the classifier
+    optimisation re-noising of eq. 12.
+    """
+    alpha_prod_next = torch.as_tensor(alpha_prod_next, dtype=latents.dtype, device=latents.device)
+    x0 = predict_x0(latents, epsilon_x0, alpha_prod_t)
+    return alpha_prod_next.sqrt() * x0 + (1 - alpha_prod_next).sqrt() * epsilon_direction
+
+
+def classifier_optimization_step(latents, epsilon, epsilon_guided, alpha_prod_t) -> torch.Tensor:
+    """Eq. 12: re-noise ``latents`` in place at the same timestep with the guided epsilon as the direction."""
+    return ddim_step(latents, epsilon, epsilon_guided, alpha_prod_t, alpha_prod_t)
+
+
+def classifier_free_guidance(noise_uncond: torch.Tensor, noise_text: torch.Tensor, guidance_scale: float):
+    """Classifier-free guidance in diffusers' convention: ``guidance_scale = 1 + s`` of the paper's eq. 5."""
+    return noise_uncond + guidance_scale * (noise_text - noise_uncond)
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """The DDIM timesteps and cumulative alphas the method uses, derived from any scheduler's config.
+
+    The pipeline's own scheduler is never stepped nor reconfigured: a private ``DDIMScheduler`` is built from its
+    config, so Euler, DPM-Solver or LCM users keep their scheduler untouched while the method runs on DDIM, which
+    inversion requires.
+    """
+
+    timesteps: torch.Tensor  # descending, as used for denoising
+    alphas_cumprod: torch.Tensor  # float32, indexed by training timestep
+    final_alpha_cumprod: float
+    num_train_timesteps: int
+    prediction_type: str
+
+    @classmethod
+    def from_scheduler_config(cls, config, num_inference_steps: int) -> "DDIMSchedule":
+        from diffusers import DDIMScheduler
+        from diffusers.utils import logging as diffusers_logging
+
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # from_config warns about keys other schedulers carry
+        try:
+            ddim = DDIMScheduler.from_config(dict(config))
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
+        ddim.set_timesteps(num_inference_steps)
+        return cls(
+            timesteps=ddim.timesteps.clone().long(),
+            alphas_cumprod=ddim.alphas_cumprod.clone().float(),
+            final_alpha_cumprod=float(ddim.final_alpha_cumprod),
+            num_train_timesteps=int(ddim.config.num_train_timesteps),
+            prediction_type=str(ddim.config.prediction_type),
+        )
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def alpha(self, timestep) -> float:
+        return float(self.alphas_cumprod[int(timestep)])
+
+    def alpha_after(self, step_index: int) -> float:
+        """Cumulative alpha after denoising step ``step_index`` (the next timestep, or the clean end)."""
+        if step_index + 1 < len(self.timesteps):
+            return self.alpha(self.timesteps[step_index + 1])
+        return self.final_alpha_cumprod
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inversion results
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MagicRemoverInversion:
+    """A reusable inversion: pass it as ``inversion=`` to skip inverting the same image again.
+
+    Attributes:
+        latents: ``[T + 1, B, C, h, w]`` DDIM inversion trajectory, ``latents[0]`` the encoded image ``z_0`` and
+            ``latents[k]`` the latent at ``timesteps[T - k]``.
+        null_embeddings: ``[T, B, L, D]`` the unconditional embedding of each denoising step (``null_embeddings[i]``
+            goes with ``timesteps[i]``): optimised (``"null-text"``), the empty prompt's (``"ddim"``) or the prompt's
+            own (``"negative-prompt"``).
+        prompt_embeds: ``[B, L, D]`` the prompt's embedding.
+        timesteps: the DDIM timesteps, descending.
+        prompt, num_inference_steps, guidance_scale, method: the settings it was made with.
+        image_size: ``(height, width)`` of the input image; processing_size: the size it was encoded at.
+        final_losses: the null-text loss at the last inner iteration of each step (empty for other methods).
+    """
+
+    latents: torch.Tensor
+    null_embeddings: torch.Tensor
+    prompt_embeds: torch.Tensor
+    timesteps: torch.Tensor
+    prompt: list[str]
+    num_inference_steps: int
+    guidance_scale: float
+    method: str
+    image_size: tuple[int, int]
+    processing_size: tuple[int, int]
+    final_losses: list[float] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return self.latents.shape[1]
+
+    def to(self, device=None, dtype=None) -> "MagicRemoverInversion":
+        def move(t):
+            return t.to(device=device, dtype=dtype if t.is_floating_point() and dtype is not None else t.dtype)
+
+        return MagicRemoverInversion(
+            latents=move(self.latents),
+            null_embeddings=move(self.null_embeddings),
+            prompt_embeds=move(self.prompt_embeds),
+            timesteps=self.timesteps.to(device),
+            prompt=list(self.prompt),
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            method=self.method,
+            image_size=tuple(self.image_size),
+            processing_size=tuple(self.processing_size),
+            final_losses=list(self.final_losses),
+        )
+
+    def save(self, path) -> None:
+        """Writes the inversion to one ``.safetensors`` file (tensors, with the settings as metadata)."""
+        from safetensors.torch import save_file
+
+        tensors = {
+            "latents": self.latents.detach().float().cpu().contiguous(),
+            "null_embeddings": self.null_embeddings.detach().float().cpu().contiguous(),
+            "prompt_embeds": self.prompt_embeds.detach().float().cpu().contiguous(),
+            "timesteps": self.timesteps.detach().cpu().contiguous(),
+        }
+        settings = {
+            "prompt": self.prompt,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "method": self.method,
+            "image_size": list(self.image_size),
+            "processing_size": list(self.processing_size),
+            "final_losses": self.final_losses,
+        }
+        save_file(tensors, str(path), metadata={"magic_remover_inversion": json.dumps(settings)})
+
+    @classmethod
+    def load(cls, path) -> "MagicRemoverInversion":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if "magic_remover_inversion" not in metadata:
+                raise ValueError(f"{path} is not an inversion saved by MagicRemoverInversion.save().")
+            settings = json.loads(metadata["magic_remover_inversion"])
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        return cls(
+            **tensors,
+            prompt=settings["prompt"],
+            num_inference_steps=settings["num_inference_steps"],
+            guidance_scale=settings["guidance_scale"],
+            method=settings["method"],
+            image_size=tuple(settings["image_size"]),
+            processing_size=tuple(settings["processing_size"]),
+            final_losses=settings["final_losses"],
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inversion algorithms
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def ddim_inversion(
+    noise_fn: NoiseFn,
+    z0: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    schedule: DDIMSchedule,
+    progress: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Algorithm 1, line 2: the conditional DDIM inversion trajectory ``z_0 .. z_T`` (no CFG), ``[T + 1, ...]``.
+
+    As in null-text inversion, the epsilon for the move to timestep t is evaluated at t from the previous latent.
+    """
+    ascending = schedule.timesteps.flip(0)
+    trajectory = [z0.float()]
+    latents = z0.float()
+    for k, t in enumerate(ascending):
+        alpha_from = schedule.alpha(ascending[k - 1]) if k > 0 else schedule.final_alpha_cumprod
+        epsilon = noise_fn(latents, t, prompt_embeds)
+        latents = ddim_step(latents, epsilon, epsilon, alpha_from, schedule.alpha(t))
+        trajectory.append(latents)
+        if progress is not None:
+            progress()
+    return torch.stack(trajectory)
+
+
+def null_text_optimization(
+    noise_fn: NoiseFn,
+    trajectory: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    null_embeds: torch.Tensor,
+    schedule: DDIMSchedule,
+    guidance_scale: float,
+    num_inner_steps: int = 10,
+    learning_rate: float = 1e-2,
+    early_stop_epsilon: float = 1e-5,
+    progress: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, list[float]]:
+    """Algorithm 1, line 3 (eq. 6): one unconditional embedding per step so that CFG retraces the trajectory.
+
+    Mokady et al.'s settings: Adam, learning rate ``lr * (1 - i / (2T))`` at step i (``1 - i/100`` for their
+    T = 50), at most ``num_inner_steps`` iterations, early stop at ``loss < eps + 2e-5 * i``. Each step starts from
+    the previous step's result. The embedding and the loss are float32 whatever the UNet's dtype.
+    Returns ``([T, B, L, D] embeddings, per-step final loss)``.
+    """
+    num_steps = len(schedule)
+    null_embeds = null_embeds.detach().float().clone()
+    latents = trajectory[-1].float()
+    optimized, losses = [], []
+    for i, t in enumerate(schedule.timesteps):
+        alpha_t, alpha_next = schedule.alpha(t), schedule.alpha_after(i)
+        target = trajectory[num_steps - i - 1].float()
+        with torch.no_grad():
+            noise_text = noise_fn(latents, t, prompt_embeds)
+        null_embeds = null_embeds.detach().requires_grad_(True)
+        optimizer = torch.optim.Adam([null_embeds], lr=learning_rate * (1.0 - i / (2.0 * num_steps)))
+        loss_value = float("nan")
+        for _ in range(num_inner_steps):
+            with torch.enable_grad():
+                noise_uncond = noise_fn(latents, t, null_embeds)
+                epsilon = classifier_free_guidance(noise_uncond, noise_text, guidance_scale)
+                loss = F.mse_loss(ddim_step(latents, epsilon, epsilon, alpha_t, alpha_next), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Null-text optimisation diverged (loss {loss.item()}) at timestep {int(t)}. Try a smaller "
+                    "guidance_scale, a float32 pipeline, or method='negative-prompt'."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = loss.item()
+            if loss_value < early_stop_epsilon + i * 2e-5:
+                break
+        null_embeds = null_embeds.detach()
+        optimized.append(null_embeds.clone())
+        losses.append(loss_value)
+        with torch.no_grad():
+            noise_uncond = noise_fn(latents, t, null_embeds)
+            epsilon = classifier_free_guidance(noise_uncond, noise_text, guidance_scale)
+            latents = ddim_step(latents, epsilon, epsilon, alpha_t, alpha_next)
+        if progress is not None:
+            progress()
+    return torch.stack(optimized), losses
+
+
+def timesteps_in_range(timesteps: Sequence[int], low: float, high: float) -> list[bool]:
+    """Which of ``timesteps`` fall in the open interval ``(low, high)`` (the paper's ``100 < t < 800``)."""
+    return [low < int(t) < high for t in timesteps]
+
+
+__all__ = [
+    "DDIMSchedule",
+    "INVERSION_METHODS",
+    "MagicRemoverInversion",
+    "classifier_free_guidance",
+    "classifier_optimization_step",
+    "ddim_inversion",
+    "ddim_step",
+    "null_text_optimization",
+    "predict_x0",
+    "timesteps_in_range",
+    "to_epsilon",
+]

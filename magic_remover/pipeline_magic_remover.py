@@ -1,0 +1,894 @@
+"""MagicRemover (Yang et al., 2023): tuning-free, text-guided object removal with Stable Diffusion.
+
+``__call__`` follows Algorithm 1 of the paper's appendix A.1. Sibling modules are imported relatively so this file
+also loads through ``DiffusionPipeline.from_pretrained(..., custom_pipeline=<this file>, trust_remote_code=True)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from .attention_processors import (
+    EDIT,
+    PASSTHROUGH,
+    RECONSTRUCT,
+    RemovalAttentionState,
+    aggregate_cross_attention,
+    attention_energy,
+    attention_layer_names,
+    build_processors,
+    installed_processors,
+    normalize_map,
+    product_map,
+    quantile_energy,
+    select_layers,
+    top_fraction_mask,
+    word_maps,
+)
+from .inversion import (
+    INVERSION_METHODS,
+    DDIMSchedule,
+    MagicRemoverInversion,
+    classifier_free_guidance,
+    classifier_optimization_step,
+    ddim_inversion,
+    ddim_step,
+    null_text_optimization,
+    timesteps_in_range,
+    to_epsilon,
+)
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+ENERGIES = ("paper", "quantile")
+GRADIENT_WEIGHTINGS = ("attention", "binary")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers.utils import load_image
+        >>> from magic_remover import MagicRemoverPipeline
+
+        >>> pipe = MagicRemoverPipeline.from_pretrained(
+        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16, safety_checker=None
+        ... ).to("cuda")
+        >>> image = load_image("dog_on_grass.png")
+        >>> out = pipe(image=image, prompt="a photo of a dog on the grass", target="dog")
+        >>> out.images[0].save("no_dog.png")
+        >>> mask = out.attention_maps[0]  # the soft mask the user never drew, in [0, 1]
+
+        >>> # one inversion, many removals
+        >>> inv = pipe.invert(image, "a photo of a dog and a ball on the grass")
+        >>> no_ball = pipe(prompt=inv.prompt, target="ball", inversion=inv).images[0]
+        ```
+"""
+
+
+@dataclass
+class MagicRemoverPipelineOutput(BaseOutput):
+    """
+    Args:
+        images: the results, at the input image's size (PIL list, ``[B, H, W, 3]`` array or ``[B, 3, H, W]`` tensor,
+            or latents for ``output_type="latent"``).
+        attention_maps: per image, the target's soft map in ``[0, 1]`` at image resolution, ``[B, H, W]`` (array, or
+            tensor for ``"pt"``/``"latent"``): the reconstruction branch's cross-attention averaged over the guided
+            steps, i.e. the mask the user never drew.
+        reconstructions: the reconstruction branch's images, in the same format as ``images``.
+        target_attention: mean target attention per guided step and branch (``"timesteps"``, ``"reconstruction"``,
+            ``"edit"``, each ``[steps, B]``): the edit branch's falls below the reconstruction's as the object goes.
+        inversion: the inversion used; pass it back as ``inversion=`` to remove something else from the same image.
+        nsfw_content_detected: the safety checker's verdict, or ``None`` without one.
+    """
+
+    images: Any
+    attention_maps: Any
+    reconstructions: Any = None
+    target_attention: dict | None = None
+    inversion: MagicRemoverInversion | None = None
+    nsfw_content_detected: list[bool] | None = None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_timestep_range(value, name: str, num_train_timesteps: int) -> tuple[float, float]:
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_number(v) for v in value)):
+        raise TypeError(f"`{name}` must be a (low, high) pair of numbers in training-timestep units, got {value!r}.")
+    low, high = float(value[0]), float(value[1])
+    if not (0 <= low < high <= num_train_timesteps):
+        raise ValueError(f"`{name}` must satisfy 0 <= low < high <= {num_train_timesteps}, got {value!r}.")
+    return low, high
+
+
+def _image_batch_and_size(image, name: str) -> tuple[int, tuple[int, int]]:
+    """Validates an image input and returns ``(batch, (height, width))`` without converting it."""
+    images = image if isinstance(image, list) else [image]
+    if len(images) == 0:
+        raise ValueError(f"`{name}` is an empty list.")
+    sizes = []
+    for item in images:
+        if isinstance(item, PIL.Image.Image):
+            sizes.append((item.height, item.width))
+            batch = 1
+        elif isinstance(item, np.ndarray):
+            if item.ndim not in (2, 3, 4):
+                raise ValueError(f"`{name}` as a numpy array must be HxW, HxWxC or BxHxWxC, got shape {item.shape}.")
+            batch = item.shape[0] if item.ndim == 4 else 1
+            spatial = item.shape[1:3] if item.ndim == 4 else item.shape[:2]
+            sizes.append(tuple(int(s) for s in spatial))
+        elif isinstance(item, torch.Tensor):
+            if item.ndim not in (2, 3, 4):
+                raise ValueError(f"`{name}` as a tensor must be HxW, CxHxW or BxCxHxW, got shape {tuple(item.shape)}.")
+            batch = item.shape[0] if item.ndim == 4 else 1
+            sizes.append(tuple(int(s) for s in item.shape[-2:]))
+        else:
+            raise TypeError(
+                f"`{name}` must be a PIL.Image.Image, numpy array, torch.Tensor or a list of them, got {type(item).__name__}."
+            )
+        if len(images) > 1 and batch != 1:
+            raise ValueError(f"`{name}` lists must hold single images, got a batch of {batch} inside the list.")
+    if len(set(sizes)) != 1:
+        raise ValueError(f"All images in `{name}` must have the same size, got {sorted(set(sizes))}.")
+    batch = len(images) if len(images) > 1 else batch
+    height, width = sizes[0]
+    if height < 1 or width < 1:
+        raise ValueError(f"`{name}` has an empty size {height}x{width}.")
+    return batch, (height, width)
+
+
+def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
+    """Token positions (in the padded sequence, start token at 0) of each word of ``target`` in ``prompt``.
+
+    Words split into several tokens keep all of them; a word or phrase that occurs several times keeps every
+    occurrence; case follows the tokenizer (CLIP lower-cases). A match must start at a word boundary, so "dog" is not
+    found inside "hotdog". Raises ``ValueError`` naming the target if it is not in the prompt or falls past the
+    tokenizer's length limit.
+    """
+    words = target.split()
+    if not words:
+        raise ValueError(f"`target` must name a word of the prompt, got an empty string {target!r}.")
+    prompt_ids = tokenizer(prompt, add_special_tokens=True).input_ids
+    word_ids = [tokenizer(word, add_special_tokens=False).input_ids for word in words]
+    if any(len(ids) == 0 for ids in word_ids):
+        raise ValueError(f"`target` {target!r} contains a word the tokenizer maps to no token.")
+    phrase = [token for ids in word_ids for token in ids]
+    vocab_tokens = tokenizer.convert_ids_to_tokens(prompt_ids)
+    uses_word_ends = any(isinstance(tok, str) and tok.endswith("</w>") for tok in vocab_tokens)
+    bos = tokenizer.bos_token_id
+
+    def starts_word(position: int) -> bool:
+        if position == 0 or not uses_word_ends:
+            return True
+        previous_id, previous = prompt_ids[position - 1], vocab_tokens[position - 1]
+        return previous_id == bos or (isinstance(previous, str) and previous.endswith("</w>"))
+
+    positions: list[list[int]] = [[] for _ in words]
+    for start in range(len(prompt_ids) - len(phrase) + 1):
+        if prompt_ids[start : start + len(phrase)] == phrase and starts_word(start):
+            offset = start
+            for n, ids in enumerate(word_ids):
+                positions[n].extend(range(offset, offset + len(ids)))
+                offset += len(ids)
+    if not positions[0]:
+        raise ValueError(f"`target` {target!r} does not occur in the prompt {prompt!r}; name a word or phrase of the prompt.")
+    limit = tokenizer.model_max_length - 1
+    if max(max(p) for p in positions) >= limit:
+        raise ValueError(
+            f"`target` {target!r} falls past the tokenizer's {tokenizer.model_max_length}-token limit in the prompt; "
+            "shorten the prompt."
+        )
+    return positions
+
+
+class MagicRemoverPipeline(
+    DiffusionPipeline,
+    StableDiffusionMixin,
+    TextualInversionLoaderMixin,
+    StableDiffusionLoraLoaderMixin,
+    FromSingleFileMixin,
+):
+    r"""
+    Text-guided, mask-free object removal with a Stable Diffusion 1.x/2.x checkpoint (MagicRemover).
+
+    Same components and ``__init__`` signature as [`StableDiffusionPipeline`], so ``from_pretrained`` and
+    ``from_pipe`` work with any SD 1.x/2.x model. The pipeline never changes its components: attention processors are
+    set only on the layers the method needs and restored after each call (also when it raises), and the scheduler is
+    only read (the method runs its DDIM steps from the scheduler's config).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    _exclude_from_cpu_offload = ["safety_checker"]
+    _callback_tensor_inputs = ["latents", "reconstruction_latents", "prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        safety_checker=None,
+        feature_extractor: CLIPImageProcessor = None,
+        image_encoder: CLIPVisionModelWithProjection = None,
+        requires_safety_checker: bool = True,
+    ):
+        super().__init__()
+        if safety_checker is not None and feature_extractor is None:
+            raise ValueError("A safety checker needs a `feature_extractor`; pass one, or pass `safety_checker=None`.")
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=safety_checker,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.mask_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_convert_grayscale=True
+        )
+        self.register_to_config(requires_safety_checker=requires_safety_checker)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Building blocks
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    @property
+    def interrupt(self):
+        return getattr(self, "_interrupt", False)
+
+    def _prompts(self, prompt) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if isinstance(self, TextualInversionLoaderMixin):
+            prompts = [self.maybe_convert_prompt(p, self.tokenizer) for p in prompts]
+        return prompts
+
+    def encode_text(self, prompts: list[str], device) -> torch.Tensor:
+        """The text encoder's last hidden state for each prompt, padded to the tokenizer's length."""
+        inputs = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        attention_mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            attention_mask = inputs.attention_mask.to(device)
+        embeds = self.text_encoder(inputs.input_ids.to(device), attention_mask=attention_mask)[0]
+        return embeds.float()
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1, line 1: ``z_0 = E(x_0)``, the posterior mode (deterministic, as inversion wants)."""
+        image = image.to(device=self._execution_device, dtype=self.vae.dtype)
+        posterior = self.vae.encode(image).latent_dist
+        latents = posterior.mode().float()
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
+    def decode_latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = latents / self.vae.config.scaling_factor + shift
+        image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
+        if not torch.isfinite(image).all():
+            raise FloatingPointError(
+                "The VAE decoded NaN or inf values; in float16 use a float32 VAE (e.g. `pipe.vae.to(torch.float32)`) "
+                "or an fp16-safe VAE."
+            )
+        return image
+
+    def _unet_epsilon(self, latents: torch.Tensor, timestep, embeds: torch.Tensor, schedule: DDIMSchedule):
+        """One UNet call, its output converted to epsilon in float32 (any prediction type, any UNet dtype)."""
+        output = self.unet(
+            latents.to(self.unet.dtype), timestep, encoder_hidden_states=embeds.to(self.unet.dtype), return_dict=False
+        )[0]
+        return to_epsilon(output.float(), latents, schedule.alpha(timestep), schedule.prediction_type)
+
+    def _cfg_epsilon(self, latents, timestep, null_embeds, prompt_embeds, guidance_scale, schedule):
+        """Algorithm 1, line 5: ``eps_t = (1 + s) eps(z_t, y) - s eps(z_t, null_t)`` in one batched UNet call."""
+        noise = self._unet_epsilon(
+            torch.cat([latents, latents]), timestep, torch.cat([null_embeds, prompt_embeds]), schedule
+        )
+        noise_uncond, noise_text = noise.chunk(2)
+        return classifier_free_guidance(noise_uncond, noise_text, guidance_scale)
+
+    def _prepare_image(self, image, processing_size=None) -> torch.Tensor:
+        height, width = processing_size if processing_size else self.image_processor.get_default_height_width(
+            image[0] if isinstance(image, list) else image
+        )
+        return self.image_processor.preprocess(image, height=height, width=width).float()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Inversion (Algorithm 1, lines 1-3)
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def invert(
+        self,
+        image,
+        prompt: str | list[str],
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        method: str = "null-text",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inner_steps: int = 10,
+        early_stop_epsilon: float = 1e-5,
+        learning_rate: float = 1e-2,
+    ) -> MagicRemoverInversion:
+        r"""
+        Inverts ``image`` under ``prompt`` (Algorithm 1, lines 1-3) and returns a reusable [`MagicRemoverInversion`].
+
+        Args:
+            image: the image(s) to invert (PIL, numpy, tensor in ``[-1, 1]``, or a list).
+            prompt: a caption that names the objects to remove later, e.g. ``"a photo of a dog on the grass"``.
+            num_inference_steps: DDIM steps T; the removal call must use the same number.
+            guidance_scale: CFG scale ``w = 1 + s`` the null embeddings are optimised for; the removal call must use
+                the same one.
+            method: ``"null-text"`` (the paper: Mokady et al.'s null-text inversion, ~``num_inner_steps`` forward and
+                backward passes per step), ``"ddim"`` (plain DDIM inversion, the empty prompt as null embedding: fast,
+                reconstruction drifts under CFG) or ``"negative-prompt"`` (the prompt's own embedding as null
+                embedding: forward passes only, CFG then reduces to the conditional prediction).
+            generator: accepted for API symmetry; inversion is deterministic (the VAE posterior's mode is used).
+            num_inner_steps, early_stop_epsilon, learning_rate: null-text optimisation settings (Mokady et al.).
+        """
+        self._check_common_inputs(num_inference_steps, guidance_scale, generator)
+        if method not in INVERSION_METHODS:
+            raise ValueError(f"`method` must be one of {INVERSION_METHODS}, got {method!r}.")
+        if not (isinstance(num_inner_steps, int) and not isinstance(num_inner_steps, bool) and num_inner_steps >= 1):
+            raise ValueError(f"`num_inner_steps` must be a positive int, got {num_inner_steps!r}.")
+        if image is None:
+            raise ValueError("`image` is required to invert.")
+        batch, image_size = _image_batch_and_size(image, "image")
+        prompts = self._check_prompt(prompt, batch)
+
+        device = self._execution_device
+        schedule = DDIMSchedule.from_scheduler_config(self.scheduler.config, num_inference_steps)
+        pixels = self._prepare_image(image)
+        z0 = self.encode_image(pixels)  # line 1
+        prompt_embeds = self.encode_text(prompts, device)
+        noise_fn = lambda z, t, c: self._unet_epsilon(z, t, c, schedule)  # noqa: E731
+
+        with self.progress_bar(total=num_inference_steps) as bar:
+            bar.set_description("DDIM inversion")
+            trajectory = ddim_inversion(noise_fn, z0, prompt_embeds, schedule, progress=bar.update)  # line 2
+
+        losses: list[float] = []
+        if method == "null-text":  # line 3, eq. 6
+            empty = self.encode_text([""] * len(prompts), device)
+            with self.progress_bar(total=num_inference_steps) as bar:
+                bar.set_description("Null-text optimisation")
+                null_embeddings, losses = null_text_optimization(
+                    noise_fn,
+                    trajectory,
+                    prompt_embeds,
+                    empty,
+                    schedule,
+                    guidance_scale,
+                    num_inner_steps=num_inner_steps,
+                    learning_rate=learning_rate,
+                    early_stop_epsilon=early_stop_epsilon,
+                    progress=bar.update,
+                )
+        elif method == "ddim":
+            empty = self.encode_text([""] * len(prompts), device)
+            null_embeddings = empty.unsqueeze(0).repeat(num_inference_steps, 1, 1, 1)
+        else:  # negative-prompt inversion: the conditional embedding stands for the null one
+            null_embeddings = prompt_embeds.unsqueeze(0).repeat(num_inference_steps, 1, 1, 1)
+
+        return MagicRemoverInversion(
+            latents=trajectory,
+            null_embeddings=null_embeddings,
+            prompt_embeds=prompt_embeds,
+            timesteps=schedule.timesteps,
+            prompt=prompts,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=float(guidance_scale),
+            method=method,
+            image_size=image_size,
+            processing_size=tuple(pixels.shape[-2:]),
+            final_losses=losses,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Input checks
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _check_common_inputs(self, num_inference_steps, guidance_scale, generator):
+        num_train = int(self.scheduler.config.num_train_timesteps)
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool):
+            raise TypeError(f"`num_inference_steps` must be an int, got {type(num_inference_steps).__name__}.")
+        if not 1 <= num_inference_steps <= num_train:
+            raise ValueError(f"`num_inference_steps` must be between 1 and {num_train}, got {num_inference_steps}.")
+        if not _is_number(guidance_scale):
+            raise TypeError(f"`guidance_scale` must be a number, got {type(guidance_scale).__name__}.")
+        if not guidance_scale >= 1.0:
+            raise ValueError(
+                f"`guidance_scale` must be >= 1 (classifier-free guidance w = 1 + s), got {guidance_scale}."
+            )
+        generators = generator if isinstance(generator, list) else [generator]
+        if not all(g is None or isinstance(g, torch.Generator) for g in generators):
+            raise TypeError(f"`generator` must be a torch.Generator, a list of them, or None, got {generator!r}.")
+
+    def _check_prompt(self, prompt, batch: int) -> list[str]:
+        if isinstance(prompt, str):
+            prompts = [prompt] * batch
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            prompts = list(prompt)
+        else:
+            raise TypeError(f"`prompt` must be a str or a non-empty list of str, got {prompt!r}.")
+        if len(prompts) != batch:
+            raise ValueError(f"`prompt` has {len(prompts)} entries but {batch} image(s) were given.")
+        if any(not p.strip() for p in prompts):
+            raise ValueError("`prompt` must describe the image and name the target; got an empty prompt.")
+        return self._prompts(prompts)
+
+    def check_inputs(
+        self,
+        image,
+        prompt,
+        target,
+        mask_image,
+        inversion,
+        num_inference_steps,
+        guidance_scale,
+        erase_lambda,
+        attention_guidance_scale,
+        guidance_timesteps,
+        optimization_timesteps,
+        optimization_steps,
+        energy,
+        gradient_weighting,
+        inversion_method,
+        generator,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ):
+        self._check_common_inputs(num_inference_steps, guidance_scale, generator)
+        num_train = int(self.scheduler.config.num_train_timesteps)
+        if image is None and inversion is None:
+            raise ValueError("Pass `image` (to invert) or `inversion` (from `pipe.invert`).")
+        if inversion is not None and not isinstance(inversion, MagicRemoverInversion):
+            raise TypeError(f"`inversion` must be a MagicRemoverInversion from `pipe.invert`, got {type(inversion).__name__}.")
+        if image is not None:
+            _image_batch_and_size(image, "image")
+        if prompt is None and inversion is None:
+            raise ValueError("`prompt` is required: a caption of the image that names the target.")
+        targets = [target] if isinstance(target, str) else target
+        if not (isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) for t in targets)):
+            raise TypeError(f"`target` must be a word or phrase of the prompt (str) or a non-empty list of them, got {target!r}.")
+        if not _is_number(erase_lambda):
+            raise TypeError(f"`erase_lambda` must be a number in [0, 1], got {type(erase_lambda).__name__}.")
+        if not 0.0 <= erase_lambda <= 1.0:
+            raise ValueError(f"`erase_lambda` (lambda of eq. 7) must be in [0, 1], got {erase_lambda}.")
+        if not _is_number(attention_guidance_scale):
+            raise TypeError(f"`attention_guidance_scale` must be a number, got {type(attention_guidance_scale).__name__}.")
+        if attention_guidance_scale < 0:
+            raise ValueError(f"`attention_guidance_scale` must be >= 0, got {attention_guidance_scale}.")
+        _check_timestep_range(guidance_timesteps, "guidance_timesteps", num_train)
+        _check_timestep_range(optimization_timesteps, "optimization_timesteps", num_train)
+        if not isinstance(optimization_steps, int) or isinstance(optimization_steps, bool) or optimization_steps < 0:
+            raise ValueError(f"`optimization_steps` (N of Algorithm 1) must be an int >= 0, got {optimization_steps!r}.")
+        if energy not in ENERGIES:
+            raise ValueError(f"`energy` must be one of {ENERGIES}, got {energy!r}.")
+        if gradient_weighting not in GRADIENT_WEIGHTINGS:
+            raise ValueError(f"`gradient_weighting` must be one of {GRADIENT_WEIGHTINGS}, got {gradient_weighting!r}.")
+        if inversion_method not in INVERSION_METHODS:
+            raise ValueError(f"`inversion_method` must be one of {INVERSION_METHODS}, got {inversion_method!r}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be a subset of {self._callback_tensor_inputs}, "
+                f"got {callback_on_step_end_tensor_inputs}."
+            )
+        if mask_image is not None:
+            if image is None and inversion is None:
+                raise ValueError("`mask_image` needs an `image` or an `inversion`.")
+            mask_batch, mask_size = _image_batch_and_size(mask_image, "mask_image")
+            reference = _image_batch_and_size(image, "image")[1] if image is not None else tuple(inversion.image_size)
+            if mask_size != tuple(reference):
+                raise ValueError(f"`mask_image` is {mask_size[0]}x{mask_size[1]} but the image is {reference[0]}x{reference[1]}.")
+        return targets
+
+    def _check_inversion_matches(self, inversion, prompts, num_inference_steps, guidance_scale, method, schedule, z0):
+        def mismatch(what, made, used):
+            raise ValueError(
+                f"`inversion` was made with {what}={made!r} but this call uses {used!r}; call with the inversion's "
+                f"settings or run `pipe.invert` again with these."
+            )
+
+        if inversion.num_inference_steps != num_inference_steps:
+            mismatch("num_inference_steps", inversion.num_inference_steps, num_inference_steps)
+        if abs(inversion.guidance_scale - float(guidance_scale)) > 1e-6:
+            mismatch("guidance_scale", inversion.guidance_scale, guidance_scale)
+        if inversion.method != method:
+            mismatch("method (`inversion_method`)", inversion.method, method)
+        if list(inversion.prompt) != list(prompts):
+            mismatch("prompt", inversion.prompt, prompts)
+        if not torch.equal(inversion.timesteps.cpu(), schedule.timesteps.cpu()):
+            raise ValueError(
+                "`inversion` was made with other timesteps than this pipeline's scheduler config gives; "
+                "invert again with this pipeline's scheduler."
+            )
+        if z0 is not None:
+            made = inversion.latents[0].to(z0.device)
+            if made.shape != z0.shape:
+                raise ValueError(
+                    f"`inversion` was made from an image of size {tuple(inversion.image_size)} (batch "
+                    f"{inversion.batch_size}); this `image` does not match it."
+                )
+            if (made - z0).abs().mean() > 0.05 * z0.abs().mean() + 1e-6:
+                raise ValueError("`inversion` was made from a different image than `image`; invert this image first.")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The attention guidance (eq. 7-9, 13)
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _guided_epsilon(self, ctx, latents, step_index, timestep):
+        """One edit-branch evaluation: ``(eps_t, eps_t^guid, mean target attention)`` at ``latents``.
+
+        Eq. 8/9: ``eps^guid = eps + sum_m (prod_n A_{t,k}) * grad_z sum_n g(t, k, lambda)``, gated by the user's
+        mask (eq. 13) if there is one. The gradient is taken with respect to the latents only, in float32.
+        """
+        z = latents.detach().requires_grad_(True)
+        with torch.enable_grad():
+            ctx.state.start_pass(EDIT)
+            epsilon = self._cfg_epsilon(
+                z, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, ctx.guidance_scale, ctx.schedule
+            )
+            aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
+            objects = word_maps(aggregated, ctx.token_groups)
+            target_attention = sum(product_map(words) for words in objects).detach().flatten(1).mean(1)
+            guidance = torch.zeros_like(z)
+            if ctx.attention_guidance_scale > 0:
+                for m, words in enumerate(objects):
+                    normalized = [normalize_map(word) for word in words]
+                    if ctx.energy == "paper":
+                        energy = sum(attention_energy(a, ctx.erase_lambda, ctx.pixel_area) for a in normalized)  # eq. 7
+                    else:
+                        energy = sum(quantile_energy(a) for a in normalized)
+                    (gradient,) = torch.autograd.grad(energy.sum(), z, retain_graph=m < len(objects) - 1)
+                    weight = product_map([a.detach() for a in normalized]).unsqueeze(1)  # eq. 9: prod_n A_{t,k}
+                    if ctx.gradient_weighting == "binary":
+                        weight = top_fraction_mask(weight, 0.2)
+                    guidance = guidance + weight * gradient
+        ctx.state.start_pass(PASSTHROUGH)
+        if ctx.latent_mask is not None:
+            guidance = guidance * ctx.latent_mask  # eq. 13
+        if not torch.isfinite(guidance).all():
+            raise FloatingPointError(
+                f"The attention-guidance gradient is NaN or inf at timestep {int(timestep)}; lower "
+                "`attention_guidance_scale`, or run the UNet in float32."
+            )
+        epsilon = epsilon.detach()
+        # Eq. 8 writes "+ A * grad g". Algorithm 1 (line 13, eq. 12) feeds the guided epsilon only into the direction
+        # term, so it moves z by +sqrt(1 - alpha) * (eps_guid - eps): descending the energy, the erasing direction
+        # and the "gradient descent on z_t" of section 3.4, needs the minus sign.
+        return epsilon, epsilon - ctx.attention_guidance_scale * guidance, target_attention
+
+    def _reconstruction_epsilon(self, ctx, latents, step_index, timestep):
+        """The reconstruction branch: plain CFG with ``null_t``; records K_rec, V_rec and the target's map."""
+        ctx.state.start_pass(RECONSTRUCT)
+        epsilon = self._cfg_epsilon(
+            latents, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, ctx.guidance_scale, ctx.schedule
+        )
+        aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
+        objects = word_maps(aggregated, ctx.token_groups)
+        raw = sum(product_map(words) for words in objects)
+        soft_mask = sum(product_map([normalize_map(w) for w in words]) for words in objects).clamp(0, 1)
+        return epsilon, raw.flatten(1).mean(1), soft_mask
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Algorithm 1
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        image=None,
+        prompt: str | list[str] | None = None,
+        target: str | list[str] | None = None,
+        mask_image=None,
+        inversion: MagicRemoverInversion | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        erase_lambda: float = 0.8,
+        attention_guidance_scale: float = 1.0,
+        guidance_timesteps: tuple[float, float] = (100, 800),
+        optimization_timesteps: tuple[float, float] = (500, 800),
+        optimization_steps: int = 1,
+        attention_layers: str | list[str] = "all",
+        self_attention_guidance: bool = True,
+        energy: str = "paper",
+        gradient_weighting: str = "attention",
+        blend_outside_attention_mask: bool = False,
+        inversion_method: str = "null-text",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ):
+        r"""
+        Removes ``target`` from ``image`` (Algorithm 1 of the MagicRemover paper).
+
+        Args:
+            image: the input image(s): PIL, numpy ``HxWxC`` in ``[0, 1]``, tensor in ``[-1, 1]``, or a list. Any size;
+                the result comes back at this size. May be omitted when ``inversion`` is given.
+            prompt: a caption of the image that names the target, e.g. ``"a photo of a dog on the grass"``.
+            target: the word or phrase of ``prompt`` to erase (``k`` in the paper), or a list of them. A phrase of n
+                words is erased where all its words attend (eq. 9: product of their maps).
+            mask_image: optional; white where removal may happen. It gates the gradient (eq. 13) and keeps the result
+                outside it equal to the reconstruction.
+            inversion: a [`MagicRemoverInversion`] from [`~MagicRemoverPipeline.invert`]; skips inversion. Its
+                settings must match this call's.
+            num_inference_steps: DDIM steps T.
+            guidance_scale: classifier-free guidance ``w = 1 + s`` (eq. 5).
+            erase_lambda: lambda of eq. 7, in ``[0, 1]``. Lower erases more (shadows, reflections) at the risk of tone
+                shifts (paper, appendix A.3). Default 0.8 (paper).
+            attention_guidance_scale: multiplies the attention-guidance term of eq. 8/9 (the paper uses 1). The energy
+                is an L1 norm over image pixels as in the paper, so at 512x512 the default reproduces the paper.
+            guidance_timesteps: ``(100, t2)``, where attention guidance runs, in training-timestep units
+                (paper: 100 < t < 800).
+            optimization_timesteps: ``(t1, t2)``, where classifier optimisation (eq. 12) runs (paper: 500 < t < 800).
+            optimization_steps: N of Algorithm 1, re-noising repetitions per step inside ``optimization_timesteps``.
+            attention_layers: cross-attention layers that feed ``A_{t,k}``: ``"all"`` (paper: all resolutions) or a
+                list of layer-name fragments such as ``["up_blocks", "mid_block"]``.
+            self_attention_guidance: eq. 10, the edit branch attends to the reconstruction branch's keys and values
+                (paper). ``False`` is an ablation.
+            energy: ``"paper"`` (eq. 7, default) or ``"quantile"`` (the authors' research code: squared distance from
+                the map's minimum on its top-20% pixels). The paper's form is the default because lambda acts through
+                it; the research code computes lambda but never uses it.
+            gradient_weighting: ``"attention"`` (eq. 8: the gradient times the soft map, default; keeps soft, semi
+                transparent edges soft) or ``"binary"`` (research code: times the map's top-20% region).
+            blend_outside_attention_mask: research-code option: after each step, replace the edit latent outside the
+                map's top-20% region (united with its >= 0.25 region) by the reconstruction's. Off by default: the
+                paper keeps the background through eq. 10 and the soft weighting, without a hard mask.
+            inversion_method: ``"null-text"`` (paper), ``"ddim"`` or ``"negative-prompt"``; see [`~invert`].
+            generator: accepted for API symmetry; the method is deterministic (DDIM with sigma = 0).
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            return_dict: return a [`MagicRemoverPipelineOutput`] (default) or a tuple ``(images, attention_maps)``.
+            callback_on_step_end: called as ``callback(pipe, step, timestep, callback_kwargs)`` after each step; may
+                return replacements for the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``
+                is the edit branch's latent, ``"reconstruction_latents"`` the reconstruction branch's).
+
+        Examples:
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        targets = self.check_inputs(
+            image, prompt, target, mask_image, inversion, num_inference_steps, guidance_scale, erase_lambda,
+            attention_guidance_scale, guidance_timesteps, optimization_timesteps, optimization_steps, energy,
+            gradient_weighting, inversion_method, generator, output_type, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        self._interrupt = False
+        device = self._execution_device
+        schedule = DDIMSchedule.from_scheduler_config(self.scheduler.config, num_inference_steps)
+
+        # Lines 1-3: z_0 = E(x_0), DDIM inversion, null-text optimisation (or a given inversion)
+        if inversion is None:
+            inversion = self.invert(image, prompt, num_inference_steps, guidance_scale, inversion_method, generator)
+        else:
+            batch, size = _image_batch_and_size(image, "image") if image is not None else (inversion.batch_size, None)
+            if size is not None and (tuple(size) != tuple(inversion.image_size) or batch != inversion.batch_size):
+                raise ValueError(
+                    f"`inversion` was made from {inversion.batch_size} image(s) of size {tuple(inversion.image_size)}; "
+                    f"this `image` ({batch} of size {tuple(size)}) does not match it."
+                )
+            prompts = self._check_prompt(prompt if prompt is not None else inversion.prompt, batch)
+            z0 = None
+            if image is not None:
+                z0 = self.encode_image(self._prepare_image(image, tuple(inversion.processing_size)))
+            self._check_inversion_matches(
+                inversion, prompts, num_inference_steps, guidance_scale, inversion_method, schedule, z0
+            )
+        inversion = inversion.to(device)
+        prompts, batch = list(inversion.prompt), inversion.batch_size
+        latent_size = tuple(inversion.latents.shape[-2:])
+        image_size = tuple(inversion.image_size)
+
+        # The target words k of the prompt (eq. 9 groups the words of one phrase)
+        token_groups = [[find_target_tokens(self.tokenizer, p, t) for t in targets] for p in prompts]
+
+        pixel_mask = latent_mask = None
+        if mask_image is not None:
+            pixel_mask = self.mask_processor.preprocess(mask_image, height=image_size[0], width=image_size[1])
+            pixel_mask = pixel_mask.float().to(device).expand(batch, -1, -1, -1)
+            latent_mask = F.interpolate(pixel_mask, size=latent_size, mode="bilinear", align_corners=False)
+
+        ctx = _RemovalContext(
+            state=RemovalAttentionState(),
+            schedule=schedule,
+            null_embeddings=inversion.null_embeddings,
+            prompt_embeds=inversion.prompt_embeds,
+            guidance_scale=float(guidance_scale),
+            token_groups=token_groups,
+            latent_size=latent_size,
+            erase_lambda=float(erase_lambda),
+            attention_guidance_scale=float(attention_guidance_scale),
+            pixel_area=float(self.vae_scale_factor**2),
+            energy=energy,
+            gradient_weighting=gradient_weighting,
+            latent_mask=latent_mask,
+        )
+        self_names, cross_names = attention_layer_names(self.unet)
+        cross_names = select_layers(cross_names, attention_layers, "attention_layers")
+        processors = build_processors(self.unet, ctx.state, self_names if self_attention_guidance else [], cross_names)
+
+        timesteps = schedule.timesteps
+        guided = timesteps_in_range(timesteps, *guidance_timesteps)  # paper: 100 < t < t2
+        optimized = timesteps_in_range(timesteps, *optimization_timesteps)  # paper: t1 < t < t2
+        self._num_timesteps = len(timesteps)
+
+        # Line 4 onwards: both branches start from z_T
+        reconstruction_latents = inversion.latents[-1].clone()
+        latents = reconstruction_latents.clone()
+        edit_diverged = False  # until the first guided step the edit branch equals the reconstruction exactly
+        map_sum, map_count = torch.zeros(batch, *latent_size, device=device), 0
+        trace_t, trace_rec, trace_edit = [], [], []
+
+        try:
+            with installed_processors(self.unet, processors), self.progress_bar(total=len(timesteps)) as bar:
+                bar.set_description("MagicRemover")
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    alpha_t, alpha_next = schedule.alpha(t), schedule.alpha_after(i)
+
+                    # Reconstruction branch (plain CFG with null_t); records K_rec, V_rec for eq. 10
+                    eps_rec, rec_attention, soft_mask = self._reconstruction_epsilon(ctx, reconstruction_latents, i, t)
+                    if guided[i]:
+                        map_sum, map_count = map_sum + soft_mask, map_count + 1
+
+                    if guided[i]:
+                        # Lines 5-6: eps_t and eps_t^guid (eq. 8/9)
+                        eps, eps_guided, edit_attention = self._guided_epsilon(ctx, latents, i, t)
+                        if optimized[i]:
+                            # Lines 8-11: classifier optimisation, re-noise in place at t (eq. 12)
+                            for _ in range(optimization_steps):
+                                latents = classifier_optimization_step(latents, eps, eps_guided, alpha_t)
+                                eps, eps_guided, edit_attention = self._guided_epsilon(ctx, latents, i, t)
+                        # Line 13: x0 from the unguided eps, direction from the guided one
+                        latents = ddim_step(latents, eps, eps_guided, alpha_t, alpha_next)
+                        edit_diverged = True
+                        trace_t.append(int(t))
+                        trace_rec.append(rec_attention)
+                        trace_edit.append(edit_attention)
+                    elif edit_diverged:
+                        ctx.state.start_pass(EDIT)
+                        eps = self._cfg_epsilon(
+                            latents, t, ctx.null_embeddings[i], ctx.prompt_embeds, ctx.guidance_scale, schedule
+                        )
+                        ctx.state.start_pass(PASSTHROUGH)
+                        latents = ddim_step(latents, eps, eps, alpha_t, alpha_next)
+
+                    reconstruction_latents = ddim_step(reconstruction_latents, eps_rec, eps_rec, alpha_t, alpha_next)
+                    if not edit_diverged:
+                        latents = reconstruction_latents.clone()
+
+                    if latent_mask is not None:  # appendix A.4: outside the mask, the reconstruction
+                        latents = latent_mask * latents + (1 - latent_mask) * reconstruction_latents
+                    elif blend_outside_attention_mask and guided[i]:
+                        auto = (top_fraction_mask(soft_mask, 0.2) + (soft_mask >= 0.25).float()).clamp(0, 1)
+                        auto = auto.unsqueeze(1)
+                        latents = auto * latents + (1 - auto) * reconstruction_latents
+
+                    if not torch.isfinite(latents).all():
+                        raise FloatingPointError(
+                            f"The edit latents became NaN or inf at timestep {int(t)}; lower `attention_guidance_scale`"
+                            " or run in float32."
+                        )
+                    if callback_on_step_end is not None:
+                        available = {
+                            "latents": latents,
+                            "reconstruction_latents": reconstruction_latents,
+                            "prompt_embeds": ctx.prompt_embeds,
+                        }
+                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                        latents = callback_outputs.pop("latents", latents)
+                        reconstruction_latents = callback_outputs.pop("reconstruction_latents", reconstruction_latents)
+                        if not edit_diverged and not torch.equal(latents, reconstruction_latents):
+                            edit_diverged = True
+                    bar.update()
+        finally:
+            ctx.state.clear()
+
+        # The target's soft map at image resolution (the mask the user never drew)
+        if map_count == 0:
+            map_sum, map_count = soft_mask, 1
+        attention_maps = normalize_map(map_sum / map_count).clamp(0, 1)
+        attention_maps = F.interpolate(attention_maps.unsqueeze(1), size=image_size, mode="bilinear", align_corners=False)
+        attention_maps = attention_maps[:, 0].clamp(0, 1)
+
+        target_attention = None
+        if trace_t:
+            target_attention = {
+                "timesteps": torch.tensor(trace_t),
+                "reconstruction": torch.stack(trace_rec).cpu(),
+                "edit": torch.stack(trace_edit).cpu(),
+            }
+
+        if output_type == "latent":
+            images, reconstructions, nsfw = latents, reconstruction_latents, None
+        else:
+            images = self._to_image_size(self.decode_latents_to_pixels(latents), image_size)
+            reconstructions = self._to_image_size(self.decode_latents_to_pixels(reconstruction_latents), image_size)
+            if pixel_mask is not None:
+                images = pixel_mask * images + (1 - pixel_mask) * reconstructions
+            images, nsfw = self.run_safety_checker(images, device, ctx.prompt_embeds.dtype)
+            images = self.image_processor.postprocess(images, output_type=output_type)
+            reconstructions = self.image_processor.postprocess(reconstructions, output_type=output_type)
+            attention_maps = attention_maps if output_type == "pt" else attention_maps.cpu().numpy()
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, attention_maps
+        return MagicRemoverPipelineOutput(
+            images=images,
+            attention_maps=attention_maps,
+            reconstructions=reconstructions,
+            target_attention=target_attention,
+            inversion=inversion,
+            nsfw_content_detected=nsfw,
+        )
+
+    def _to_image_size(self, pixels: torch.Tensor, image_size) -> torch.Tensor:
+        if tuple(pixels.shape[-2:]) == tuple(image_size):
+            return pixels
+        return F.interpolate(pixels, size=tuple(image_size), mode="bicubic", align_corners=False, antialias=True).clamp(
+            -1, 1
+        )
+
+    def run_safety_checker(self, image, device, dtype):
+        if self.safety_checker is None:
+            return image, None
+        denormalized = (image / 2 + 0.5).clamp(0, 1)
+        features = self.feature_extractor(
+            self.image_processor.postprocess(image, output_type="pil"), return_tensors="pt"
+        ).to(device)
+        checked, has_nsfw = self.safety_checker(images=denormalized, clip_input=features.pixel_values.to(dtype))
+        return checked * 2 - 1, has_nsfw
+
+
+@dataclass
+class _RemovalContext:
+    """Everything one removal call's steps need; built in ``__call__`` and dropped after it."""
+
+    state: RemovalAttentionState
+    schedule: DDIMSchedule
+    null_embeddings: torch.Tensor
+    prompt_embeds: torch.Tensor
+    guidance_scale: float
+    token_groups: list
+    latent_size: tuple[int, int]
+    erase_lambda: float
+    attention_guidance_scale: float
+    pixel_area: float
+    energy: str
+    gradient_weighting: str
+    latent_mask: torch.Tensor | None

@@ -1,0 +1,67 @@
+"""Loading: from_pretrained, custom_pipeline=, from_pipe; components shared, nothing mutated."""
+
+import pytest
+import torch
+from conftest import PROMPT, assert_same_state, snapshot
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from tiny_components import make_test_image, tiny_components
+
+import magic_remover
+from magic_remover import MagicRemoverPipeline
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(folder)
+    return folder
+
+
+def _remove(pipeline):
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline(image=make_test_image(), prompt=PROMPT, target="ball", num_inference_steps=3,
+                    inversion_method="ddim", output_type="latent").images  # fmt: skip
+
+
+def test_loads_through_custom_pipeline_file(sd_folder):
+    pipeline = DiffusionPipeline.from_pretrained(
+        sd_folder, custom_pipeline=magic_remover.PIPELINE_FILE, trust_remote_code=True
+    )
+    assert type(pipeline).__name__ == "MagicRemoverPipeline"
+    direct = MagicRemoverPipeline.from_pretrained(sd_folder)
+    torch.testing.assert_close(_remove(pipeline), _remove(direct))
+
+
+def test_pipeline_file_defines_exactly_one_pipeline_and_imports_siblings_relatively():
+    import ast
+
+    tree = ast.parse(open(magic_remover.PIPELINE_FILE).read())
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    absolute = [n for n in imports if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module.startswith("magic_remover")]
+    absolute += [n for n in imports if isinstance(n, ast.Import) and any(a.name.startswith("magic_remover") for a in n.names)]
+    assert not absolute
+    assert {n.module for n in imports if isinstance(n, ast.ImportFrom) and n.level == 1} == {
+        "attention_processors",
+        "inversion",
+    }
+    pipelines = [c for c in tree.body if isinstance(c, ast.ClassDef) and any(
+        getattr(b, "id", None) == "DiffusionPipeline" for b in c.bases)]  # fmt: skip
+    assert [c.name for c in pipelines] == ["MagicRemoverPipeline"]
+
+
+def test_from_pretrained_round_trip(sd_folder, tmp_path):
+    pipeline = MagicRemoverPipeline.from_pretrained(sd_folder)
+    pipeline.save_pretrained(tmp_path / "remover")
+    again = MagicRemoverPipeline.from_pretrained(tmp_path / "remover")
+    torch.testing.assert_close(_remove(pipeline), _remove(again))
+
+
+def test_from_pipe_shares_components_and_mutates_nothing(sd_folder):
+    sd = StableDiffusionPipeline.from_pretrained(sd_folder, safety_checker=None, requires_safety_checker=False)
+    before = snapshot(sd)
+    remover = MagicRemoverPipeline.from_pipe(sd)
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert getattr(remover, name) is getattr(sd, name), name
+    _remove(remover)
+    assert_same_state(before, snapshot(sd))
+    assert type(StableDiffusionPipeline.from_pipe(remover)).__name__ == "StableDiffusionPipeline"

@@ -1,0 +1,243 @@
+"""The pipeline end to end on tiny random components: the method's effects, state hygiene, outputs."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import PROMPT, STEPS, assert_same_state, snapshot
+from tiny_components import make_test_image, tiny_components
+
+from magic_remover import MagicRemoverInversion, MagicRemoverPipeline
+
+# The tiny random UNet's cross-attention is weak, so the tests use a larger guidance scale than the paper's default
+GUIDANCE = 30.0
+
+
+@pytest.fixture(scope="module")
+def removal(pipe, inversion):
+    return pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS,
+                attention_guidance_scale=GUIDANCE, output_type="np")  # fmt: skip
+
+
+def test_null_text_inversion_reconstructs_better_than_plain_ddim(pipe, image, inversion):
+    ddim = pipe.invert(image, PROMPT, num_inference_steps=STEPS, method="ddim")
+    z0 = inversion.latents[0]
+    errors = {}
+    for name, inv in {"null-text": inversion, "ddim": ddim}.items():
+        out = pipe(prompt=PROMPT, target="ball", inversion=inv, num_inference_steps=STEPS, output_type="latent",
+                   inversion_method=inv.method, attention_guidance_scale=0.0)  # fmt: skip
+        errors[name] = (out.reconstructions - z0).pow(2).mean().item()
+    assert errors["null-text"] < 0.75 * errors["ddim"], errors
+
+
+def test_negative_prompt_inversion_uses_the_prompt_as_null_embedding(pipe, image):
+    inv = pipe.invert(image, PROMPT, num_inference_steps=4, method="negative-prompt")
+    for step in inv.null_embeddings:
+        torch.testing.assert_close(step, inv.prompt_embeds)
+    assert inv.final_losses == []
+
+
+def test_edit_branch_lowers_the_target_attention(removal):
+    trace = removal.target_attention
+    assert trace["edit"].shape == trace["reconstruction"].shape and len(trace["timesteps"]) > 0
+    assert all(100 < t < 800 for t in trace["timesteps"].tolist())
+    # from the second guided step on, the edit branch attends less to the target than the reconstruction
+    assert torch.all(trace["edit"][1:] < trace["reconstruction"][1:]), trace
+
+
+def test_result_changes_where_the_target_map_is_high(removal):
+    change = np.abs(removal.images[0] - removal.reconstructions[0]).mean(-1)
+    attention = removal.attention_maps[0]
+    assert attention.shape == change.shape and attention.min() >= 0 and attention.max() <= 1
+    high, low = attention >= np.quantile(attention, 0.8), attention <= np.quantile(attention, 0.2)
+    assert change[high].mean() > 1.5 * change[low].mean(), (change[high].mean(), change[low].mean())
+
+
+def test_without_guidance_the_edit_branch_is_the_reconstruction(pipe, inversion):
+    out = pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS,
+               attention_guidance_scale=0.0, output_type="latent")  # fmt: skip
+    torch.testing.assert_close(out.images, out.reconstructions, atol=1e-4, rtol=1e-4)  # float rounding only
+
+
+def test_mask_keeps_the_result_equal_to_the_reconstruction_outside_it(pipe, image, inversion):
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 6:22] = 255
+    out = pipe(prompt=PROMPT, target="ball", inversion=inversion, mask_image=PIL.Image.fromarray(mask),
+               num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE, output_type="np")  # fmt: skip
+    outside = mask == 0
+    np.testing.assert_array_equal(out.images[0][outside], out.reconstructions[0][outside])
+    assert np.abs(out.images[0][~outside] - out.reconstructions[0][~outside]).max() > 0
+
+
+def test_same_generator_same_result_and_reused_inversion_matches_inline(pipe, image, inversion):
+    kwargs = dict(prompt=PROMPT, target="ball", num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE,
+                  output_type="np")  # fmt: skip
+    inline = pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs)
+    again = pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs)
+    reused = pipe(image=image, inversion=inversion, **kwargs)
+    np.testing.assert_array_equal(inline.images, again.images)
+    np.testing.assert_allclose(inline.images, reused.images, atol=1e-5)
+    np.testing.assert_allclose(inline.attention_maps, reused.attention_maps, atol=1e-5)
+
+
+def test_inversion_survives_save_and_load(tmp_path, pipe, inversion):
+    path = tmp_path / "inv.safetensors"
+    inversion.save(path)
+    loaded = MagicRemoverInversion.load(path)
+    assert loaded.prompt == inversion.prompt and loaded.method == inversion.method
+    torch.testing.assert_close(loaded.latents, inversion.latents)
+    torch.testing.assert_close(loaded.null_embeddings, inversion.null_embeddings)
+    a = pipe(inversion=loaded, target="ball", num_inference_steps=STEPS, output_type="latent").images
+    b = pipe(inversion=inversion, target="ball", num_inference_steps=STEPS, output_type="latent").images
+    torch.testing.assert_close(a, b)
+    (tmp_path / "other.safetensors").write_bytes(b"")
+    with pytest.raises(Exception):
+        MagicRemoverInversion.load(tmp_path / "other.safetensors")
+
+
+def test_state_is_unchanged_after_a_call(pipe, inversion):
+    before = snapshot(pipe)
+    pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS, output_type="latent")
+    assert_same_state(before, snapshot(pipe))
+
+
+def test_state_is_unchanged_after_a_call_that_raised(pipe, inversion):
+    before = snapshot(pipe)
+
+    def explode(pipeline, step, timestep, kwargs):
+        # while the call runs, our processors are installed...
+        assert any(type(p).__name__ == "SelfAttentionKVSwapProcessor" for p in pipeline.unet.attn_processors.values())
+        if step == 3:
+            raise RuntimeError("boom")
+        return kwargs
+
+    with pytest.raises(RuntimeError, match="boom"):
+        pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS,
+             callback_on_step_end=explode, output_type="latent")  # fmt: skip
+    assert_same_state(before, snapshot(pipe))
+
+
+def test_processors_are_set_only_where_needed(pipe, inversion):
+    seen = {}
+
+    def look(pipeline, step, timestep, kwargs):
+        seen.update({name: type(p).__name__ for name, p in pipeline.unet.attn_processors.items()})
+        return kwargs
+
+    pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS, output_type="latent",
+         attention_layers=["up_blocks"], self_attention_guidance=False, callback_on_step_end=look)  # fmt: skip
+    captured = {n for n, kind in seen.items() if kind == "CrossAttentionCaptureProcessor"}
+    assert captured and all("up_blocks" in n and "attn2" in n for n in captured)
+    untouched = {n for n, kind in seen.items() if kind == "AttnProcessor2_0"}
+    assert untouched == set(seen) - captured
+
+
+def test_callback_reads_and_replaces_latents(pipe, inversion):
+    seen = []
+
+    def record(pipeline, step, timestep, kwargs):
+        seen.append((step, int(timestep), kwargs["latents"].shape))
+        if step == STEPS - 1:
+            return {"latents": torch.zeros_like(kwargs["latents"])}
+        return kwargs
+
+    out = pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS, output_type="latent",
+               callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
+    assert [s for s, _, _ in seen] == list(range(STEPS))
+    assert out.images.abs().max() == 0
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
+def test_output_types(pipe, inversion, output_type):
+    out = pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS, output_type=output_type)
+    if output_type == "pil":
+        assert isinstance(out.images[0], PIL.Image.Image) and out.images[0].size == (32, 32)
+    elif output_type == "np":
+        assert out.images.shape == (1, 32, 32, 3) and out.images.dtype == np.float32
+    elif output_type == "pt":
+        assert out.images.shape == (1, 3, 32, 32) and 0 <= out.images.min() and out.images.max() <= 1
+    else:
+        assert out.images.shape == (1, 4, 16, 16)
+    assert tuple(out.attention_maps.shape) == (1, 32, 32)
+    images, maps = pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS,
+                        output_type=output_type, return_dict=False)  # fmt: skip
+    assert type(images) is type(out.images) and type(maps) is type(out.attention_maps)
+
+
+@pytest.mark.parametrize("size", [(40, 24), (27, 45)])
+def test_any_size_and_aspect_ratio(pipe, size):
+    img = make_test_image(size)
+    out = pipe(image=img, prompt=PROMPT, target="ball", num_inference_steps=4, inversion_method="ddim",
+               attention_guidance_scale=GUIDANCE)  # fmt: skip
+    assert out.images[0].size == (size[1], size[0])
+    assert out.attention_maps.shape == (1, *size)
+    assert out.target_attention is not None
+
+
+def test_a_batch_of_images_matches_single_runs(pipe, image):
+    other = make_test_image(seed=3).transpose(PIL.Image.FLIP_LEFT_RIGHT)
+    kwargs = dict(target="ball", num_inference_steps=4, inversion_method="ddim", attention_guidance_scale=GUIDANCE,
+                  output_type="np")  # fmt: skip
+    both = pipe(image=[image, other], prompt=[PROMPT, "a red ball near the table"], **kwargs)
+    first = pipe(image=image, prompt=PROMPT, **kwargs)
+    second = pipe(image=other, prompt="a red ball near the table", **kwargs)
+    np.testing.assert_allclose(both.images[0], first.images[0], atol=2e-4)
+    np.testing.assert_allclose(both.images[1], second.images[0], atol=2e-4)
+
+
+def test_phrase_and_list_targets(pipe, inversion):
+    phrase = pipe(inversion=inversion, target="red ball", num_inference_steps=STEPS,
+                  attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    both = pipe(inversion=inversion, target=["ball", "grass"], num_inference_steps=STEPS,
+                attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    single = pipe(inversion=inversion, target="ball", num_inference_steps=STEPS,
+                  attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    assert not torch.allclose(phrase.images, single.images)
+    assert not torch.allclose(both.images, single.images)
+
+
+def test_research_code_options_run_and_differ(pipe, inversion):
+    base = dict(inversion=inversion, target="ball", num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE,
+                output_type="latent")  # fmt: skip
+    paper = pipe(**base).images
+    for option in ({"energy": "quantile"}, {"gradient_weighting": "binary"}, {"blend_outside_attention_mask": True}):
+        other = pipe(**base, **option).images
+        assert torch.isfinite(other).all() and not torch.allclose(other, paper), option
+
+
+@pytest.mark.parametrize("scheduler", ["v_prediction", "euler"])
+def test_scheduler_aware(scheduler):
+    from diffusers import EulerDiscreteScheduler
+
+    components = tiny_components(prediction_type="v_prediction" if scheduler == "v_prediction" else "epsilon")
+    if scheduler == "euler":
+        components["scheduler"] = EulerDiscreteScheduler.from_config(components["scheduler"].config)
+    remover = MagicRemoverPipeline(**components)
+    remover.set_progress_bar_config(disable=True)
+    before = snapshot(remover)
+    out = remover(image=make_test_image(), prompt=PROMPT, target="ball", num_inference_steps=6,
+                  attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    assert torch.isfinite(out.images).all()
+    assert torch.all(out.target_attention["edit"][1:] < out.target_attention["reconstruction"][1:])
+    assert_same_state(before, snapshot(remover))
+
+
+def test_half_precision_keeps_the_numerics_in_float32():
+    remover = MagicRemoverPipeline(**tiny_components()).to(torch.bfloat16)
+    remover.set_progress_bar_config(disable=True)
+    before = snapshot(remover)
+    inv = remover.invert(make_test_image(), PROMPT, num_inference_steps=4, num_inner_steps=2)
+    assert inv.null_embeddings.dtype == torch.float32 and inv.latents.dtype == torch.float32
+    out = remover(inversion=inv, target="ball", num_inference_steps=4, attention_guidance_scale=GUIDANCE,
+                  output_type="np")  # fmt: skip
+    assert np.isfinite(out.images).all()
+    assert remover.unet.dtype == torch.bfloat16
+    assert_same_state(before, snapshot(remover))
+
+
+def test_nan_is_caught_with_a_clear_error(pipe, inversion):
+    def poison(pipeline, step, timestep, kwargs):
+        return {"latents": torch.full_like(kwargs["latents"], float("nan"))}
+
+    with pytest.raises(FloatingPointError, match="NaN"):
+        pipe(inversion=inversion, target="ball", num_inference_steps=STEPS, callback_on_step_end=poison)
