@@ -1,0 +1,93 @@
+"""The magic-remover command: end to end, and its refusals."""
+
+from pathlib import Path
+
+import pytest
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+from tiny_components import make_test_image, tiny_components
+
+import magic_remover
+from magic_remover.cli import main
+
+HAS_EMBEDDED = (Path(magic_remover.EMBEDDED_MODEL) / "model_index.json").is_file()
+PROMPT = "a photo of a red ball on the grass"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    make_test_image((32, 32)).save(path)
+    return path
+
+
+def _remove(photo, out, model, *extra):
+    return main(["remove", str(photo), "--prompt", PROMPT, "--target", "ball", "-o", str(out), "--model", model,
+                 "--steps", "3", *extra])  # fmt: skip
+
+
+def test_remove_writes_result_and_mask_atomically(tmp_path, photo, tiny_model):
+    out, mask = tmp_path / "out.png", tmp_path / "mask.png"
+    assert _remove(photo, out, tiny_model, "--save-mask", str(mask)) == 0
+    assert Image.open(out).size == (32, 32) and Image.open(mask).mode == "L"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png", "out.png", "photo.png"]  # no temporaries left
+
+
+def test_remove_refuses_to_overwrite(tmp_path, photo, tiny_model, capsys):
+    before = photo.read_bytes()
+    assert _remove(photo, photo, tiny_model, "--force") == 2
+    assert "it is the input" in capsys.readouterr().err and photo.read_bytes() == before
+    existing = tmp_path / "existing.png"
+    existing.write_bytes(b"keep me")
+    assert _remove(photo, existing, tiny_model) == 2
+    assert "--force" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
+    assert _remove(photo, existing, tiny_model, "--force") == 0
+    assert Image.open(existing).size == (32, 32)
+
+
+def test_remove_explains_a_target_not_in_the_prompt(tmp_path, photo, tiny_model, capsys):
+    code = main(["remove", str(photo), "--prompt", PROMPT, "--target", "dog", "-o", str(tmp_path / "o.png"),
+                 "--model", tiny_model, "--steps", "2"])  # fmt: skip
+    assert code == 2 and "'dog' does not occur" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_remove_explains_a_model_that_cannot_be_found_offline(tmp_path, photo, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["remove", str(photo), "--prompt", PROMPT, "--target", "ball", "-o", str(tmp_path / "o.png"),
+                 "--model", "nobody/no-such-model"])  # fmt: skip
+    assert code == 2 and "Cannot load the model 'nobody/no-such-model'" in capsys.readouterr().err
+
+
+def test_remove_explains_a_missing_input(tmp_path, capsys):
+    assert main(["remove", str(tmp_path / "nope.png"), "--prompt", PROMPT, "--target", "ball", "-o",
+                 str(tmp_path / "o.png")]) == 2  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_EMBEDDED, reason="the embedded model has not been trained into this checkout")
+def test_demo_runs_on_the_embedded_model(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "-o", str(out), "--steps", "6", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "removed: the" in printed and "PSNR" in printed
+    assert Image.open(out).size[0] > 4 * 64
+
+
+@pytest.mark.skipif(not HAS_EMBEDDED, reason="the embedded model has not been trained into this checkout")
+def test_remove_runs_on_the_embedded_model(tmp_path):
+    from magic_remover.scenes import make_scene
+
+    scene = make_scene(5, size=64, num_objects=1)
+    scene.image.save(tmp_path / "scene.png")
+    out = tmp_path / "out.png"
+    code = main(["remove", str(tmp_path / "scene.png"), "--prompt", scene.caption, "--target",
+                 scene.objects[0].shape, "-o", str(out), "--steps", "4"])  # fmt: skip
+    assert code == 0 and Image.open(out).size == (64, 64)
