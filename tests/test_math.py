@@ -128,3 +128,28 @@ def test_target_tokens(pipe):
         find_target_tokens(tok, "a a a a a a a a a a a a a a a a a a dog", "dog")
     with pytest.raises(ValueError, match="empty"):
         find_target_tokens(tok, "a photo of a dog", "  ")
+
+
+def test_inversion_and_denoising_use_the_same_timestep_pairs():
+    """An off-by-one between inverse and forward timesteps would break this exact round trip: with a noise that
+    depends on the timestep only, denoising must retrace the inversion trajectory step by step."""
+    from diffusers import DDIMScheduler
+
+    from magic_remover.inversion import ddim_inversion
+
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              set_alpha_to_one=False, steps_offset=1, clip_sample=False)  # fmt: skip
+    schedule = DDIMSchedule.from_scheduler_config(scheduler.config, 12)
+    base = torch.randn(1, 4, 6, 6)
+
+    def noise(latents, timestep, _):
+        return base * (1 + int(timestep) / 1000)
+
+    z0 = torch.randn(1, 4, 6, 6)
+    trajectory = ddim_inversion(noise, z0, None, schedule)
+    assert trajectory.shape[0] == 13
+    latents = trajectory[-1]
+    for i, t in enumerate(schedule.timesteps):
+        eps = noise(latents, t, None)
+        latents = ddim_step(latents, eps, eps, schedule.alpha(t), schedule.alpha_after(i))
+        torch.testing.assert_close(latents, trajectory[len(schedule) - i - 1], atol=1e-4, rtol=1e-4)
