@@ -6,7 +6,11 @@ also loads through ``DiffusionPipeline.from_pretrained(..., custom_pipeline=<thi
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -857,6 +861,42 @@ class MagicRemoverPipeline(
             nsfw_content_detected=nsfw,
         )
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """``DiffusionPipeline.from_pretrained``, returning this class.
+
+        A folder written by :meth:`save_pretrained` carries ``pipeline.py``. When that code is byte-identical to this
+        installation's there is nothing foreign to trust, so it loads without ``trust_remote_code``; any other code
+        still needs the user's explicit ``trust_remote_code=True``, as diffusers requires.
+        """
+        folder = Path(os.fspath(pretrained_model_name_or_path))
+        if "custom_pipeline" not in kwargs and folder.is_dir() and _carries_this_code(folder):
+            kwargs.setdefault("trust_remote_code", True)
+        pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if not isinstance(pipeline, cls) and type(pipeline).__name__ == cls.__name__:
+            pipeline = cls(**pipeline.components)
+        return pipeline
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
+        """Saves the components as ``StableDiffusionPipeline`` does, plus this pipeline's code.
+
+        The folder gets ``pipeline.py`` and its sibling modules, and ``model_index.json`` names
+        ``["pipeline", "MagicRemoverPipeline"]``, so ``DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)`` comes back as this pipeline without the package installed. With ``push_to_hub``,
+        the code is uploaded together with the weights.
+        """
+        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "private", "token", "commit_message") if key in kwargs}
+        super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
+        write_pipeline_code(save_directory, type(self).__name__)
+        if push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = hub_kwargs.get("repo_id") or Path(save_directory).name
+            token = hub_kwargs.get("token")
+            repo_id = create_repo(repo_id, exist_ok=True, private=hub_kwargs.get("private"), token=token).repo_id
+            upload_folder(repo_id=repo_id, folder_path=save_directory, token=token,
+                          commit_message=hub_kwargs.get("commit_message", "Upload MagicRemoverPipeline"))  # fmt: skip
+
     def _to_image_size(self, pixels: torch.Tensor, image_size) -> torch.Tensor:
         if tuple(pixels.shape[-2:]) == tuple(image_size):
             return pixels
@@ -873,6 +913,30 @@ class MagicRemoverPipeline(
         ).to(device)
         checked, has_nsfw = self.safety_checker(images=denormalized, clip_input=features.pixel_values.to(dtype))
         return checked * 2 - 1, has_nsfw
+
+
+SIBLING_MODULES = ("attention_processors.py", "inversion.py")
+
+
+def _carries_this_code(folder: Path) -> bool:
+    here = Path(__file__).resolve().parent
+    pairs = [(folder / "pipeline.py", Path(__file__).resolve())] + [(folder / n, here / n) for n in SIBLING_MODULES]
+    return all(saved.is_file() and saved.read_bytes() == ours.read_bytes() for saved, ours in pairs)
+
+
+def write_pipeline_code(folder, class_name: str = "MagicRemoverPipeline") -> None:
+    """Copies this file as ``pipeline.py`` with its sibling modules into ``folder`` and points ``model_index.json``
+    (if there is one) at it: the layout ``custom_pipeline=`` and Hub model repos that carry their code expect."""
+    folder, here = Path(folder), Path(__file__).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(__file__).resolve(), folder / "pipeline.py")
+    for name in SIBLING_MODULES:
+        shutil.copyfile(here / name, folder / name)
+    index = folder / "model_index.json"
+    if index.is_file():
+        config = json.loads(index.read_text())
+        config["_class_name"] = ["pipeline", class_name]
+        index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass

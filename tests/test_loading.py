@@ -65,3 +65,27 @@ def test_from_pipe_shares_components_and_mutates_nothing(sd_folder):
     _remove(remover)
     assert_same_state(before, snapshot(sd))
     assert type(StableDiffusionPipeline.from_pipe(remover)).__name__ == "StableDiffusionPipeline"
+
+
+def test_saved_folder_carries_its_code_and_loads_without_the_package(sd_folder, tmp_path):
+    pipeline = MagicRemoverPipeline.from_pretrained(sd_folder)
+    folder = tmp_path / "with-code"
+    pipeline.save_pretrained(folder)
+    assert {"pipeline.py", "attention_processors.py", "inversion.py"} <= {p.name for p in folder.iterdir()}
+    loaded = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(loaded).__name__ == "MagicRemoverPipeline" and type(loaded) is not MagicRemoverPipeline
+    torch.testing.assert_close(_remove(loaded), _remove(pipeline))
+    # the loaded copy saves its code again
+    loaded.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "pipeline.py").read_text() == (folder / "pipeline.py").read_text()
+
+
+def test_saved_folder_with_foreign_code_still_needs_trust(sd_folder, tmp_path):
+    pipeline = MagicRemoverPipeline.from_pretrained(sd_folder)
+    folder = tmp_path / "edited"
+    pipeline.save_pretrained(folder)
+    (folder / "pipeline.py").write_text((folder / "pipeline.py").read_text() + "\n# edited by someone else\n")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        MagicRemoverPipeline.from_pretrained(folder)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(folder)
