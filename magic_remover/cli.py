@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--force", action="store_true", help="overwrite existing outputs (never the input)")
     remove.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     remove.set_defaults(func=command_remove)
+
+    from .hub import add_hub_parser
+
+    add_hub_parser(sub)
     return parser
 
 

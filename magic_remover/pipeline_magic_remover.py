@@ -877,6 +877,31 @@ class MagicRemoverPipeline(
             pipeline = cls(**pipeline.components)
         return pipeline
 
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """``DiffusionPipeline.from_pipe`` that leaves the source pipeline's components as they are.
+
+        diffusers' ``from_pipe`` ends with ``new_pipeline.to(dtype=dtype or torch.float32)`` on the components it
+        shares, casting the *source* pipeline in place (a float16 pipeline becomes float32). Without ``dtype`` (or
+        ``torch_dtype``) this override keeps every shared component's own dtype; asking for a dtype still casts the
+        shared components, as in diffusers.
+        """
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            kwargs.pop("dtype", None)
+            kwargs.pop("torch_dtype", None)
+            modules = {name: c for name, c in pipeline.components.items() if isinstance(c, torch.nn.Module)}
+            dtypes = {name: next(m.parameters()).dtype for name, m in modules.items() if any(True for _ in m.parameters())}
+            main = dtypes.get("unet") or next(iter(dtypes.values()), torch.float32)
+            from diffusers.pipelines import pipeline_utils
+
+            kwargs["dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"] = main
+            new_pipeline = super().from_pipe(pipeline, **kwargs)
+            for name, dtype in dtypes.items():
+                if dtype != main:  # a component the single-dtype cast changed: put it back
+                    modules[name].to(dtype=dtype)
+            return new_pipeline
+        return super().from_pipe(pipeline, **kwargs)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
         """Saves the components as ``StableDiffusionPipeline`` does, plus this pipeline's code.
 
