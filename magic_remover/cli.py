@@ -75,6 +75,9 @@ def write_image_atomically(image, path: Path, force: bool, protected: list[Path]
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
     os.close(descriptor)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; outputs get the usual permissions
         image.save(temporary, format=None if path.suffix else "PNG")
         os.replace(temporary, path)
     except BaseException:

@@ -1,5 +1,6 @@
 """The magic-remover command: end to end, and its refusals."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,9 @@ def test_remove_writes_result_and_mask_atomically(tmp_path, photo, tiny_model):
     assert _remove(photo, out, tiny_model, "--save-mask", str(mask)) == 0
     assert Image.open(out).size == (32, 32) and Image.open(mask).mode == "L"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png", "out.png", "photo.png"]  # no temporaries left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_remove_refuses_to_overwrite(tmp_path, photo, tiny_model, capsys):

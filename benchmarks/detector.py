@@ -1,0 +1,573 @@
+"""A classical shape-and-colour detector for the synthetic world of :mod:`magic_remover.scenes`.
+
+It is the "judge" of the quality benchmarks: it says which ``(shape, color)`` objects an image shows, with no
+learning involved, so that generated images and removal results can be scored against their captions.
+
+Method (numpy/scipy only):
+
+1. **Colour classification.** Every pixel is compared with the eight palette colours of ``scenes.COLORS``, allowing
+   a brightness factor (objects darkened by another object's shadow still match): ``d_c = |p - k c|`` with ``k``
+   clipped to a colour-dependent range (white must stay bright and neutral). Pixels within ``tau`` are *opaque*
+   candidates.
+2. **Semi-transparent objects.** A smooth background estimate is built from the non-candidate pixels (normalised
+   Gaussian convolution, refined by excluding the hole-filled deviating regions). Each deviating region is unmixed
+   against the colours of a ring around it: ``p = (1 - a) b + a c`` with ``a`` in ``[0.2, 0.92]``; pixels explained
+   by a mixture clearly better than by the background alone get that colour. Soft-edged regions (clouds) are
+   rejected by an edge-softness test.
+3. **Connected components** per colour (opening, closing, hole filling). A colour that runs along the image border
+   for long is background here (white stripes, light checker cells): its border-touching components are dropped and
+   the others kept only if clearly brighter.
+4. **Shape classification by template fitting.** For each component and each of the five shapes the outline (the
+   generator's geometry) is fitted by an angle search plus coordinate descent over centre, size and angle, maximising
+   the IoU with the component, also against blurred-and-thresholded outlines (images decoded by a VAE round corners
+   and eat star tips). Pixels of *other* colours are ignored in the IoU (occluders). The best shape wins if its IoU
+   is >= ``min_score``. Components that fit badly are tried as two touching same-coloured objects (the largest
+   outline inside the component, plus the largest left-over part).
+
+Validation: ``benchmarks/embedded_model.py`` (section 0) and ``tests/test_detector.py``.
+
+Public API::
+
+    detect(image) -> list[Detection]           # Detection(shape, color, score, area, mask, transparent)
+    detect_pairs(image) -> set[(shape, color)]
+    finds(image, shape, color) -> bool
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+from magic_remover.scenes import COLORS, SHAPES, polygon_vertices
+
+__all__ = ["Detection", "detect", "detect_pairs", "finds", "COLOR_NAMES", "SHAPES", "to_float_image"]
+
+COLOR_NAMES: List[str] = list(COLORS)
+_PALETTE = np.array([COLORS[c] for c in COLOR_NAMES], np.float32)  # (8, 3)
+# brightness factor range per colour (white may not be darkened much: grey backgrounds would match)
+_KMIN = np.array([0.60 if c != "white" else 0.95 for c in COLOR_NAMES], np.float32)
+_KMAX = np.array([1.08 for c in COLOR_NAMES], np.float32)
+# colour tolerance, relative to the detector's `tau` (white must be neutral: bright backgrounds are near-white)
+_TAU_SCALE = np.array([1.0 if c != "white" else 0.65 for c in COLOR_NAMES], np.float32)
+
+# area of the generator's shape of "radius" r, divided by r^2
+_AREA_K = {"circle": np.pi, "square": 2.0, "diamond": 1.44, "triangle": 1.299, "star": 1.3225}
+# inscribed-circle radius / outline radius
+_INRADIUS = {"circle": 1.0, "square": 0.707, "diamond": 0.584, "triangle": 0.5, "star": 0.38}
+# angle search range per shape (symmetry period, or the generator's range for the non-symmetric diamond)
+_ANGLE_RANGE = {
+    "circle": (0.0, 0.0),
+    "square": (-np.pi / 4, np.pi / 4),
+    "triangle": (-np.pi / 3, np.pi / 3),
+    "star": (-np.pi / 5, np.pi / 5),
+    "diamond": (-0.5, 0.5),
+}
+
+
+@dataclass
+class Detection:
+    shape: str
+    color: str
+    score: float  # IoU of the fitted outline with the component (occluded pixels ignored)
+    area: int
+    center: Tuple[float, float]  # (x, y)
+    transparent: bool = False
+    runner_up: Optional[Tuple[str, float]] = None
+    mask: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def pair(self) -> Tuple[str, str]:
+        return (self.shape, self.color)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def to_float_image(image) -> np.ndarray:
+    """PIL / uint8 HxWx3 / float HxWx3 in [0, 1] / torch CHW in [-1, 1] -> float32 HxWx3 in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), np.float32) / 255.0
+    if hasattr(image, "detach"):  # torch tensor
+        t = image.detach().cpu().float()
+        if t.ndim == 4:
+            t = t[0]
+        if t.shape[0] in (1, 3) and t.ndim == 3:
+            t = t.permute(1, 2, 0)
+        a = t.numpy()
+        if a.min() < -1e-3:
+            a = (a + 1) / 2
+        return np.clip(a, 0, 1).astype(np.float32)
+    a = np.asarray(image)
+    if a.ndim == 4:
+        a = a[0]
+    if a.dtype == np.uint8:
+        return a[..., :3].astype(np.float32) / 255.0
+    a = a[..., :3].astype(np.float32)
+    if a.max() > 1.5:  # float image in [0, 255]
+        a = a / 255.0
+    return np.clip(a, 0, 1)
+
+
+def _opaque_distance(img: np.ndarray) -> np.ndarray:
+    """(H, W, 8) distance of every pixel to every palette colour, allowing a brightness factor."""
+    p = img[..., None, :]  # H W 1 3
+    c = _PALETTE[None, None]  # 1 1 8 3
+    k = (p * c).sum(-1) / (c * c).sum(-1)
+    k = np.clip(k, _KMIN, _KMAX)[..., None]
+    return np.sqrt(((p - k * c) ** 2).sum(-1))
+
+
+def _gauss_fill(values: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """Normalised convolution: smooth `values` (H, W, C) using only pixels with weight > 0."""
+    w = ndi.gaussian_filter(weight.astype(np.float32), sigma, mode="nearest")
+    out = np.empty_like(values)
+    for ch in range(values.shape[-1]):
+        out[..., ch] = ndi.gaussian_filter(values[..., ch] * weight, sigma, mode="nearest")
+    return out / np.maximum(w, 1e-6)[..., None], w
+
+
+def _estimate_background(img: np.ndarray, exclude: np.ndarray, sigmas=(1.5, 3.0, 6.0, 12.0)) -> np.ndarray:
+    """Smooth background estimate from the pixels not in `exclude`, at several scales (fine where possible)."""
+    weight = (~exclude).astype(np.float32)
+    est = None
+    for sigma in sigmas:
+        b, w = _gauss_fill(img, weight, sigma)
+        if est is None:
+            est = b
+            conf = w
+        else:
+            take = (conf < 0.25)[..., None]
+            est = np.where(take, b, est)
+            conf = np.maximum(conf, w)
+    return est
+
+
+def _unmix(img: np.ndarray, bg: np.ndarray, amin=0.2, amax=0.85):
+    """Per colour: best alpha of p = (1-a) bg + a c, residual. Returns (alpha (H,W,8), residual (H,W,8))."""
+    p = img[..., None, :]
+    b = bg[..., None, :]
+    c = _PALETTE[None, None]
+    d = c - b
+    a = ((p - b) * d).sum(-1) / np.maximum((d * d).sum(-1), 1e-6)
+    a = np.clip(a, amin, amax)
+    res = np.sqrt(((p - b - a[..., None] * d) ** 2).sum(-1))
+    return a, res, np.sqrt((d * d).sum(-1))
+
+
+# --------------------------------------------------------------------------- shape outlines
+
+
+# the generator's own outlines, so the judge fits exactly the shapes the world draws
+_star_or_poly_vertices = polygon_vertices
+
+
+def _render(shape: str, cx: float, cy: float, r: float, angle: float, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Bool mask of pixel centres inside the outline (xx, yy: pixel-centre coordinates of the crop)."""
+    if shape == "circle":
+        return (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+    v = _star_or_poly_vertices(shape, r, angle) + np.array([cx, cy])
+    inside = np.zeros(xx.shape, bool)
+    n = len(v)
+    for i in range(n):
+        x0, y0 = v[i]
+        x1, y1 = v[(i + 1) % n]
+        cond = (y0 > yy) != (y1 > yy)
+        if y1 == y0:
+            continue
+        xint = x0 + (yy - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= cond & (xx < xint)
+    return inside
+
+
+def _fit_shape(shape: str, comp: np.ndarray, valid: np.ndarray, xx, yy, cx0, cy0, area, inside_r=None, blur=True):
+    """Fit one shape's outline to `comp` (bool crop); returns (iou, params).
+
+    With `inside_r` (an inscribed radius), fit instead the largest outline that stays inside `comp`
+    (score = covered pixels minus 4x pixels outside, over the component's area)."""
+    if inside_r is None:
+        r0 = np.sqrt(max(area, 1.0) / _AREA_K[shape])
+    else:
+        r0 = inside_r / _INRADIUS[shape]
+    n_comp = max(np.count_nonzero(comp), 1)
+
+    def iou(cx, cy, r, ang, sigma=0.0):
+        t = _render(shape, cx, cy, r, ang, xx, yy)
+        if sigma > 0:  # a blurred image (e.g. decoded by a VAE) rounds corners and eats thin tips
+            t = ndi.gaussian_filter(t.astype(np.float32), sigma, mode="constant") > 0.5
+        inter = np.count_nonzero(t & comp)
+        if inside_r is not None:
+            return (inter - 4 * np.count_nonzero(t & ~comp & valid)) / n_comp
+        union = np.count_nonzero((t | comp) & valid)
+        return inter / max(union, 1)
+
+    lo, hi = _ANGLE_RANGE[shape]
+    if hi > lo:
+        angles = np.linspace(lo, hi, max(3, int(round((hi - lo) / 0.09))), endpoint=False)
+    else:
+        angles = np.array([0.0])
+    cands = []
+    for ang in angles:
+        for rs in (0.95, 1.08):
+            cands.append((iou(cx0, cy0, r0 * rs, ang), cx0, cy0, r0 * rs, ang))
+    cands.sort(key=lambda t: -t[0])
+    best = None
+    for start in cands[:2]:
+        s, cx, cy, r, ang = start
+        steps = [0.75, 0.75, 0.06, 0.06]
+        for _ in range(12):
+            improved = False
+            for j in range(4):
+                for sign in (-1, 1):
+                    p = [cx, cy, r, ang]
+                    if j == 2:
+                        p[2] = r * (1 + sign * steps[2])
+                    else:
+                        p[j] = p[j] + sign * steps[j]
+                    if shape == "circle" and j == 3:
+                        continue
+                    if shape == "diamond" and abs(p[3]) > 0.6:
+                        continue
+                    sc = iou(*p)
+                    if sc > s + 1e-9:
+                        s, (cx, cy, r, ang) = sc, p
+                        improved = True
+            if not improved:
+                steps = [st * 0.5 for st in steps]
+                if steps[0] < 0.2:
+                    break
+        if blur and inside_r is None:
+            r_sharp, r_best = r, r
+            for sigma in (0.8, 1.3, 1.8):
+                for rs in (1.0, 1.06, 1.12):
+                    sc = iou(cx, cy, r_sharp * rs, ang, sigma)
+                    if sc > s + 1e-9:
+                        s, r_best = sc, r_sharp * rs
+            r = r_best
+        if best is None or s > best[0]:
+            best = (s, (cx, cy, r, ang))
+    return best
+
+
+def _classify(comp, valid, xx, yy):
+    """Fit all shapes to a component; list of (iou, shape, params), best first."""
+    ys, xs = np.nonzero(comp)
+    area = len(xs)
+    cx0, cy0 = float(xx[ys, xs].mean()), float(yy[ys, xs].mean())
+    results = []
+    for shape in SHAPES:
+        s, params = _fit_shape(shape, comp, valid, xx, yy, cx0, cy0, area)
+        results.append((s, shape, params))
+    results.sort(key=lambda t: -t[0])
+    return results
+
+
+def _split(comp, max_parts=3, min_area=25):
+    """Split a component at the necks of its distance transform (watershed from separated maxima)."""
+    dt = ndi.distance_transform_edt(comp)
+    peaks = (dt == ndi.maximum_filter(dt, size=5)) & (dt >= 2.5)
+    ys, xs = np.nonzero(peaks)
+    order = np.argsort(-dt[ys, xs])
+    seeds = []
+    for i in order:
+        y, x = ys[i], xs[i]
+        # a new seed must be far from the others relative to both radii (not the same blob)
+        if all(np.hypot(y - sy, x - sx) > 0.7 * (dt[y, x] + dt[sy, sx]) for sy, sx in seeds):
+            seeds.append((y, x))
+        if len(seeds) == max_parts:
+            break
+    if len(seeds) < 2:
+        return [comp]
+    # assign each pixel to the seed with the smallest distance relative to the seed's inscribed radius
+    yy, xx = np.mgrid[0 : comp.shape[0], 0 : comp.shape[1]]
+    rel = np.stack([np.hypot(yy - sy, xx - sx) / dt[sy, sx] for sy, sx in seeds])
+    ws = np.argmin(rel, 0) + 1
+    parts = [(ws == i + 1) & comp for i in range(len(seeds))]
+    parts = [pm for pm in parts if pm.sum() >= min_area]
+    return parts if len(parts) > 1 else [comp]
+
+
+def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
+    """Fill the components of ~mask smaller than max_area, including those cut by the image border."""
+    cc, n = ndi.label(~mask)
+    if n <= 1:
+        return mask
+    sizes = ndi.sum(np.ones_like(cc), cc, index=np.arange(1, n + 1))
+    small = np.zeros(n + 1, bool)
+    small[1:] = sizes < max_area
+    small[1 + int(np.argmax(sizes))] = False  # the largest part is the outside
+    return mask | small[cc]
+
+
+def _transparent_candidates(img: np.ndarray, opaque: np.ndarray, thr: float = 0.05) -> np.ndarray:
+    """Regions that deviate from a smooth background estimate. The estimate is refined by excluding the
+    (hole-filled) deviating regions, so object interiors deviate too."""
+    H, W = opaque.shape
+    max_hole = int(0.25 * H * W)
+    excl = ndi.binary_dilation(opaque, iterations=1)
+    cand = np.zeros(opaque.shape, bool)
+    for it in range(6):
+        bg = _estimate_background(img, excl | cand, (1.5, 3.0, 6.0, 12.0) if it else (5.0, 10.0))
+        dev = np.sqrt(((img - bg) ** 2).sum(-1))
+        new = _fill_small_holes(ndi.binary_closing(dev > thr, iterations=1) | opaque, max_hole) & ~opaque
+        new = ndi.binary_opening(new, iterations=1)
+        if np.array_equal(new, cand):
+            break
+        cand = new
+    return cand
+
+
+def _edge_softness(img: np.ndarray, comp: np.ndarray, other: np.ndarray) -> float:
+    """How gradual the component's boundary is: colour change within 1-3 px on either side of the boundary,
+    relative to the contrast across it (hard-edged objects ~0.1-0.4, soft clouds higher)."""
+    e1 = ndi.binary_erosion(comp, iterations=1)
+    e2 = ndi.binary_erosion(comp, iterations=2)
+    e3 = ndi.binary_erosion(comp, iterations=3)
+    d1 = ndi.binary_dilation(comp, iterations=1)
+    d2 = ndi.binary_dilation(comp, iterations=2)
+    d3 = ndi.binary_dilation(comp, iterations=3)
+    rings = [comp & ~e1, e2 & ~e3, d1 & ~comp & ~other, d3 & ~d2 & ~other]
+    if any(r.sum() < 4 for r in rings):
+        return 0.0
+    in1, in3, out1, out3 = (img[r].mean(0) for r in rings)
+    contrast = np.linalg.norm(in3 - out3)
+    return float((np.linalg.norm(in1 - in3) + np.linalg.norm(out1 - out3)) / max(contrast, 1e-3))
+
+
+def _split_greedy(comp, valid, xx, yy, min_area=30):
+    """Explain a component as two touching/overlapping objects: the largest outline inside it (around the
+    maximum of its distance transform), and the largest left-over part."""
+    dt = ndi.distance_transform_edt(comp)
+    y, x = np.unravel_index(np.argmax(dt), dt.shape)
+    if dt[y, x] < 3:
+        return [comp]
+    best = None
+    for shape in SHAPES:
+        sc, params = _fit_shape(shape, comp, valid, xx, yy, float(xx[y, x]), float(yy[y, x]), 0,
+                                inside_r=float(dt[y, x]))
+        if best is None or sc > best[0]:
+            best = (sc, shape, params)
+    _, shape, (cx, cy, r, ang) = best
+    t1 = _render(shape, cx, cy, r, ang, xx, yy)
+    rest = comp & ~ndi.binary_dilation(t1, iterations=1)
+    rest = ndi.binary_opening(rest)
+    cc, n = ndi.label(rest)
+    if n == 0:
+        return [comp]
+    sizes = np.bincount(cc.ravel())[1:]
+    k = int(np.argmax(sizes)) + 1
+    if sizes[k - 1] < min_area:
+        return [comp]
+    part2 = comp & ndi.binary_dilation(cc == k, iterations=1) & ~t1
+    part1 = comp & ~part2
+    return [part1, part2]
+
+
+# --------------------------------------------------------------------------- detector
+
+
+def _label_pixels(img: np.ndarray, tau: float, transparent: bool):
+    """Returns (labels (H,W) int in -1..7, is_transparent (H,W) bool)."""
+    d = _opaque_distance(img) / _TAU_SCALE
+    lab = np.argmin(d, -1)
+    dmin = np.take_along_axis(d, lab[..., None], -1)[..., 0]
+    opaque = dmin < tau
+    labels = np.where(opaque, lab, -1)
+    trans = np.zeros(opaque.shape, bool)
+    if not transparent:
+        return labels, trans
+
+    cand = _transparent_candidates(img, opaque)
+    excl = ndi.binary_dilation(opaque, iterations=1)
+    cc, n = ndi.label(cand)
+    for k in range(1, n + 1):
+        reg = cc == k
+        if reg.sum() < 20:
+            continue
+        ring = ndi.binary_dilation(reg, iterations=5) & ~ndi.binary_dilation(reg, iterations=1) & ~excl & ~cand
+        if ring.sum() < 8:
+            continue
+        S = img[ring]
+        if len(S) > 96:
+            S = S[np.linspace(0, len(S) - 1, 96).astype(int)]
+        P = img[reg]  # (R, 3)
+        # a = 0: the pixel is just background, i.e. close to a good number of the ring's colours (a robust
+        # nearest distance: the ring may catch a few pixels of the object itself, e.g. between a star's arms)
+        dist0 = np.sqrt(((P[:, None, :] - S[None]) ** 2).sum(-1))
+        kth = max(1, len(S) // 24)
+        d0 = np.partition(dist0, kth, axis=1)[:, kth]
+        res_all = np.full((len(P), len(COLOR_NAMES)), np.inf, np.float32)
+        for ci in range(len(COLOR_NAMES)):
+            dvec = _PALETTE[ci][None] - S  # (S, 3)
+            num = ((P[:, None, :] - S[None]) * dvec[None]).sum(-1)
+            a = np.clip(num / np.maximum((dvec * dvec).sum(-1), 1e-6)[None], 0.2, 0.92)
+            res = np.sqrt(((P[:, None, :] - S[None] - a[..., None] * dvec[None]) ** 2).sum(-1)).min(1)
+            ok = (res < 0.045) & (d0 > res + 0.04)
+            res_all[ok, ci] = res[ok]
+        best = res_all.argmin(1)
+        ok = np.isfinite(res_all[np.arange(len(P)), best])
+        ys, xs = np.nonzero(reg)
+        labels[ys[ok], xs[ok]] = best[ok]
+        trans[ys[ok], xs[ok]] = True
+    return labels, trans
+
+
+def detect(
+    image,
+    tau: float = 0.10,
+    min_area: int = 30,
+    min_score: float = 0.75,
+    transparent: bool = True,
+    split_below: float = 0.9,
+    bg_border_frac: float = 0.12,
+    max_softness: float = 0.7,
+    smooth: int = 0,
+) -> List[Detection]:
+    """Detect the coloured shapes in an image of the synthetic world.
+
+    Args:
+        image: PIL image, uint8/float HxWx3 array or CHW tensor in [-1, 1].
+        tau: colour distance (RGB in [0, 1]) under which a pixel counts as a palette colour.
+        min_area: smallest component (pixels, at 64x64) that can be an object.
+        min_score: smallest outline IoU for a component to be reported.
+        transparent: also look for semi-transparent objects (background unmixing).
+    """
+    img = to_float_image(image)
+    if smooth:
+        img = ndi.median_filter(img, size=(smooth, smooth, 1), mode="nearest")
+    H, W = img.shape[:2]
+    scale2 = (H * W) / (64 * 64)
+    labels, trans = _label_pixels(img, tau, transparent)
+    fg_any = labels >= 0
+    dets: List[Detection] = []
+    for ci, cname in enumerate(COLOR_NAMES):
+        m = labels == ci
+        if np.count_nonzero(m) < min_area * scale2:
+            continue
+        m = ndi.binary_opening(m, structure=ndi.generate_binary_structure(2, 1))
+        m = ndi.binary_closing(m, structure=ndi.generate_binary_structure(2, 1)) | m
+        m = ndi.binary_fill_holes(m)
+        cc, n = ndi.label(m)
+        if n == 0:
+            continue
+        sizes = ndi.sum(np.ones_like(cc), cc, index=np.arange(1, n + 1))
+        # A colour that runs along the image border for long is part of the background here (white stripes,
+        # light checker cells): drop its border-touching components, and keep the others only if their colour
+        # clearly differs from that background colour.
+        border = np.zeros((H, W), bool)
+        border[:2, :] = border[-2:, :] = border[:, :2] = border[:, -2:] = True
+        bg_like = np.count_nonzero(m & border) > bg_border_frac * border.sum()
+        if bg_like:
+            touching = np.unique(cc[m & border])
+            bg_light = np.quantile(img[np.isin(cc, touching[touching > 0])].mean(-1), 0.95)
+        for k in range(1, n + 1):
+            area = int(sizes[k - 1])
+            if area < min_area * scale2:
+                continue
+            comp = cc == k
+            if bg_like:
+                if np.any(comp & border):
+                    continue
+                if img[comp].mean() < bg_light + 0.01:
+                    continue
+            if trans[comp].mean() > 0.5 and _edge_softness(img, comp, fg_any & ~m) > max_softness:
+                continue  # soft-edged: a cloud, not an object
+            other = fg_any & ~m  # pixels of other colours: possible occluders, ignored in the IoU
+            ys, xs = np.nonzero(comp)
+            # crop around the component, extended beyond the image border where needed (outside the image the
+            # component is absent and nothing is ignored: outlines that hang out of the image are penalised)
+            pad = int(np.ceil(0.6 * np.sqrt(area))) + 3
+            y0, y1 = ys.min() - pad, ys.max() + pad + 1
+            x0, x1 = xs.min() - pad, xs.max() + pad + 1
+            yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+            c_crop = np.zeros(yy.shape, bool)
+            valid = np.ones(yy.shape, bool)
+            iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+            c_crop[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = comp[iy0:iy1, ix0:ix1]
+            valid[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = ~other[iy0:iy1, ix0:ix1]
+            parts = [(c_crop, valid)]
+            single = _classify(c_crop, valid, xx, yy)
+            if single[0][0] < split_below:
+                # maybe several same-coloured objects touching: split at the necks of the distance transform and
+                # fit each part with the other parts ignored (they may occlude it)
+                split = _split_greedy(c_crop, valid, xx, yy)
+                if len(split) > 1:
+                    fits = [_classify(pm, valid & ~(c_crop & ~pm), xx, yy) for pm in split]
+                    if min(f[0][0] for f in fits) >= min_score and np.mean([f[0][0] for f in fits]) > single[0][0] + 0.05:
+                        parts = list(zip(split, [None] * len(split)))
+                        results_list = fits
+            if len(parts) == 1:
+                results_list = [single]
+            tfrac = float(trans[comp].mean())
+            for results in results_list:
+                s, shape, params = results[0]
+                if s < min_score:
+                    continue
+                dets.append(
+                    Detection(
+                        shape=shape,
+                        color=cname,
+                        score=float(s),
+                        area=area,
+                        center=(float(params[0]) , float(params[1])),
+                        transparent=tfrac > 0.5,
+                        runner_up=(results[1][1], float(results[1][0])),
+                        mask=comp,
+                    )
+                )
+    return dets
+
+
+def detect_pairs(image, **kw) -> Set[Tuple[str, str]]:
+    """The set of (shape, color) pairs found in `image`."""
+    return {d.pair for d in detect(image, **kw)}
+
+
+def finds(image, shape: str, color: str, **kw) -> bool:
+    """True if the detector finds a `color` `shape` in `image`."""
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+    if color not in COLORS:
+        raise ValueError(f"color must be one of {COLOR_NAMES}, got {color!r}")
+    return (shape, color) in detect_pairs(image, **kw)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(seeds: Sequence[int], kind: Optional[str] = None, **kw) -> dict:
+    """Detector accuracy on ground-truth scenes: per true object, found (shape+colour) or not; false positives."""
+    from magic_remover.scenes import make_scene
+
+    stats = {}
+
+    def bump(key, found):
+        t, f = stats.get(key, (0, 0))
+        stats[key] = (t + 1, f + int(found))
+
+    fp = 0
+    scenes_all = 0
+    failures = []
+    for seed in seeds:
+        sc = make_scene(int(seed), kind=kind)
+        pairs = detect_pairs(sc.image, **kw)
+        true = {(o.shape, o.color) for o in sc.objects}
+        ok_all = True
+        for o in sc.objects:
+            found = (o.shape, o.color) in pairs
+            ok_all &= found
+            bump("all", found)
+            okind = "transparent" if o.transparent else ("shadow" if o.casts_shadow else "opaque")
+            bump(okind, found)
+            if not found:
+                failures.append((int(seed), o.name))
+        extra = pairs - true
+        fp += len(extra)
+        if extra:
+            failures.append((int(seed), "FP " + ",".join(f"{c} {s}" for s, c in sorted(extra))))
+        scenes_all += int(ok_all)
+    return {"objects": stats, "false_positives": fp, "scenes": len(seeds), "scenes_all_found": scenes_all,
+            "failures": failures}

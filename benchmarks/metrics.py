@@ -1,0 +1,136 @@
+"""Removal metrics with ground truth from the synthetic world, and a counter of UNet passes."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def as_float(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float64) / 255.0
+
+
+def psnr(result, reference, region: np.ndarray | None = None) -> float:
+    """PSNR in dB over ``region`` (bool HxW; all pixels if None), images in [0, 255]."""
+    a, b = as_float(result), as_float(reference)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    squared = (a - b) ** 2
+    if region is not None:
+        if not region.any():
+            return float("nan")
+        squared = squared[region]
+    mse = squared.mean()
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    return ndi.binary_dilation(mask, iterations=pixels) if pixels > 0 else mask.copy()
+
+
+def target_region(obj) -> np.ndarray:
+    """What removal must change: the object and its shadow."""
+    return obj.mask | obj.shadow_mask
+
+
+def removal_success(result, target, others, finds) -> bool:
+    """The detector no longer finds the target, and still finds every other object."""
+    if finds(result, target.shape, target.color):
+        return False
+    return all(finds(result, o.shape, o.color) for o in others)
+
+
+def score(result, scene, index: int, finds, dilation: int = 3) -> dict:
+    """All per-image metrics of a removal of ``scene.objects[index]``."""
+    target = scene.objects[index]
+    others = [o for i, o in enumerate(scene.objects) if i != index]
+    region = target_region(target)
+    outside = ~dilate(region, dilation)
+    truth = target.without  # the scene with only the target removed: what lay behind it, occluded objects included
+    return {
+        "success": removal_success(result, target, others, finds),
+        "fill_psnr": psnr(result, truth, region),
+        "background_psnr": psnr(result, scene.image, outside),
+        "image_psnr": psnr(result, truth),
+    }
+
+
+class UNetPassCounter:
+    """Counts forward and backward passes through a UNet with hooks (removed on exit)."""
+
+    def __init__(self, unet):
+        self.unet = unet
+        self.forward = self.backward = 0
+
+    def _on_forward(self, module, args, output):
+        self.forward += 1
+        sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        if getattr(sample, "requires_grad", False):
+            sample.register_hook(self._on_backward)
+
+    def _on_backward(self, grad):
+        self.backward += 1
+        return grad
+
+    def __enter__(self):
+        self._handle = self.unet.register_forward_hook(self._on_forward)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+class PeakMemory:
+    """Peak resident memory (MiB) above the level at entry, sampled every 5 ms; CUDA's own counter on a GPU."""
+
+    def __init__(self, device="cpu"):
+        self.device = str(device)
+        self.peak_mib = 0.0
+
+    def __enter__(self):
+        import psutil
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        self._process = psutil.Process()
+        self._start = self._process.memory_info().rss
+        self._peak = self._start
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self._peak = max(self._peak, self._process.memory_info().rss)
+                time.sleep(0.005)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.startswith("cuda"):
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self._start) / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._process.memory_info().rss)
+        self.peak_mib = (self._peak - self._start) / 2**20
+
+
+@contextlib.contextmanager
+def measured(pipe):
+    """Seconds, UNet passes and peak memory of the block."""
+    stats = {}
+    with UNetPassCounter(pipe.unet) as counter, PeakMemory(pipe._execution_device) as memory:
+        start = time.perf_counter()
+        yield stats
+        stats["seconds"] = time.perf_counter() - start
+    stats.update(forward=counter.forward, backward=counter.backward, peak_mib=memory.peak_mib)

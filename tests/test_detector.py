@@ -1,0 +1,96 @@
+"""Fast checks of the classical shape-and-colour detector (benchmarks/detector.py) and of the benchmark script."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks import detector as det  # noqa: E402
+from magic_remover.scenes import make_scene  # noqa: E402
+
+MODEL_DIR = os.environ.get("MAGIC_REMOVER_TINY_MODEL") or os.path.join(ROOT, "magic_remover", "models", "tiny-shapes")
+
+# held-out seeds (< 100000); scenes with fully visible objects
+OPAQUE_SEEDS = [10002, 10004, 10010, 10012, 10013]
+
+
+def _visible(scene, i):
+    o = scene.objects[i]
+    cover = np.ones_like(o.alpha)
+    for later in scene.objects[i + 1 :]:
+        cover = cover * (1 - later.alpha)
+    return float((o.alpha * cover).sum() / o.alpha.sum())
+
+
+@pytest.mark.parametrize("seed", OPAQUE_SEEDS)
+@pytest.mark.parametrize("kind", ["opaque", "shadow"])
+def test_finds_every_object_and_nothing_else(seed, kind):
+    scene = make_scene(seed, kind=kind)
+    pairs = det.detect_pairs(scene.image)
+    true = {(o.shape, o.color) for o in scene.objects}
+    for i, o in enumerate(scene.objects):
+        if _visible(scene, i) >= 0.7:
+            assert (o.shape, o.color) in pairs, (seed, kind, scene.caption, pairs)
+    assert pairs <= true, (seed, kind, scene.caption, pairs - true)
+
+
+@pytest.mark.parametrize("seed", [10002, 10004, 10044, 10045])
+def test_finds_transparent_objects_on_simple_backgrounds(seed):
+    scene = make_scene(seed, kind="transparent", num_objects=1, background="plain")
+    o = scene.objects[0]
+    assert det.finds(scene.image, o.shape, o.color), scene.caption
+
+
+@pytest.mark.parametrize("seed", OPAQUE_SEEDS)
+def test_removed_object_is_not_found(seed):
+    scene = make_scene(seed, kind="opaque")
+    for i, o in enumerate(scene.objects):
+        assert not det.finds(scene.without(i), o.shape, o.color), (seed, scene.caption, i)
+
+
+def test_background_alone_gives_no_detections():
+    for seed, bg in [(10000, "sky"), (10001, "grass"), (10002, "plain"), (10003, "striped"), (10004, "checkered")]:
+        scene = make_scene(seed, num_objects=0, background=bg)
+        assert det.detect(scene.image) == [], bg
+
+
+def test_input_types_and_validation():
+    scene = make_scene(10002, kind="opaque")
+    o = scene.objects[0]
+    arr8 = scene.image_array
+    assert det.finds(arr8, o.shape, o.color)
+    assert det.finds(arr8.astype(np.float32) / 255.0, o.shape, o.color)
+    d = det.detect(scene.image)[0]
+    assert d.pair == (o.shape, o.color) and 0 < d.score <= 1 and d.mask.shape == (64, 64)
+    with pytest.raises(ValueError):
+        det.finds(arr8, "hexagon", "red")
+    with pytest.raises(ValueError):
+        det.finds(arr8, "circle", "teal")
+
+
+def test_validate_helper_small():
+    r = det.validate(range(10000, 10006), kind="opaque")
+    n, k = r["objects"]["all"]
+    assert n > 0 and k >= n - 1
+
+
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(MODEL_DIR, "model_index.json")),
+    reason=f"embedded model not exported yet ({MODEL_DIR} has no model_index.json)",
+)
+def test_benchmark_quick_runs_end_to_end(tmp_path):
+    from benchmarks import embedded_model
+
+    out = tmp_path / "bench.md"
+    res = embedded_model.main(["--quick", "--scenes", "4", "--model", MODEL_DIR, "--out", str(out)])
+    text = out.read_text()
+    for key in ("detector", "ae", "t2i", "attention"):
+        assert key in res
+    assert "PSNR" in text and "Attention localisation" in text and "Command:" in text and "Machine:" in text
+    assert np.isfinite(res["ae"]["psnr"])
+    assert 0.0 <= res["attention"]["iou_top20"] <= 1.0

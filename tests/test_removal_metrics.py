@@ -1,0 +1,69 @@
+"""The removal benchmark's metrics on cases with known answers."""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.metrics import UNetPassCounter, dilate, psnr, removal_success, score  # noqa: E402
+from magic_remover.scenes import make_scene  # noqa: E402
+
+
+def test_psnr_of_identical_images_is_infinite_and_of_a_known_shift_is_exact():
+    a = np.full((8, 8, 3), 100, np.uint8)
+    assert psnr(a, a) == math.inf
+    shifted = a + np.uint8(10)  # an error of 10/255 everywhere
+    assert psnr(shifted, a) == pytest.approx(20 * math.log10(255 / 10), abs=1e-9)
+    region = np.zeros((8, 8), bool)
+    region[:2] = True
+    half = a.copy()
+    half[:2] += 10
+    assert psnr(half, a, region) == pytest.approx(20 * math.log10(255 / 10), abs=1e-9)
+    assert psnr(half, a, ~region) == math.inf
+    with pytest.raises(ValueError):
+        psnr(a, np.zeros((4, 4, 3), np.uint8))
+
+
+def test_dilate_grows_a_pixel_into_a_diamond():
+    mask = np.zeros((9, 9), bool)
+    mask[4, 4] = True
+    assert dilate(mask, 2).sum() == 13 and dilate(mask, 0).sum() == 1
+
+
+def _fake_detector(present):
+    return lambda image, shape, color: (shape, color) in present
+
+
+def test_an_object_left_in_place_is_a_failure_and_a_lost_neighbour_too():
+    scene = make_scene(20001, size=64, num_objects=2, kind="opaque")
+    target, other = scene.objects
+    pairs = {(o.shape, o.color) for o in scene.objects}
+    assert not removal_success(scene.image, target, [other], _fake_detector(pairs))  # nothing removed
+    assert not removal_success(scene.image, target, [other], _fake_detector(set()))  # neighbour removed too
+    assert removal_success(scene.image, target, [other], _fake_detector({(other.shape, other.color)}))
+
+
+def test_score_of_the_ground_truth_is_perfect_inside_and_the_input_is_not():
+    scene = make_scene(20002, size=64, num_objects=2, kind="shadow")
+    target, other = scene.objects
+    detector = _fake_detector({(other.shape, other.color)})
+    perfect = score(target.without, scene, 0, detector)
+    assert perfect["success"] and perfect["fill_psnr"] == math.inf and perfect["image_psnr"] == math.inf
+    untouched = score(scene.image, scene, 0, _fake_detector({(o.shape, o.color) for o in scene.objects}))
+    assert not untouched["success"] and untouched["fill_psnr"] < 30 and untouched["background_psnr"] == math.inf
+
+
+def test_unet_pass_counter_counts_forward_and_backward():
+    net = torch.nn.Linear(3, 3)
+    with UNetPassCounter(net) as counter:
+        x = torch.randn(2, 3, requires_grad=True)
+        net(x).sum().backward()
+        with torch.no_grad():
+            net(x)
+    assert (counter.forward, counter.backward) == (2, 1)
