@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from magic_remover.scenes import COLORS, SHAPES, polygon_vertices
+from magic_remover.scenes import COLORS, SHAPES, points_in_polygon, polygon_vertices, visible_fraction
 
 __all__ = ["Detection", "detect", "detect_pairs", "finds", "COLOR_NAMES", "SHAPES", "to_float_image"]
 
@@ -161,26 +161,13 @@ def _unmix(img: np.ndarray, bg: np.ndarray, amin=0.2, amax=0.85):
 # --------------------------------------------------------------------------- shape outlines
 
 
-# the generator's own outlines, so the judge fits exactly the shapes the world draws
-_star_or_poly_vertices = polygon_vertices
 
 
 def _render(shape: str, cx: float, cy: float, r: float, angle: float, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     """Bool mask of pixel centres inside the outline (xx, yy: pixel-centre coordinates of the crop)."""
     if shape == "circle":
         return (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
-    v = _star_or_poly_vertices(shape, r, angle) + np.array([cx, cy])
-    inside = np.zeros(xx.shape, bool)
-    n = len(v)
-    for i in range(n):
-        x0, y0 = v[i]
-        x1, y1 = v[(i + 1) % n]
-        cond = (y0 > yy) != (y1 > yy)
-        if y1 == y0:
-            continue
-        xint = x0 + (yy - y0) * (x1 - x0) / (y1 - y0)
-        inside ^= cond & (xx < xint)
-    return inside
+    return points_in_polygon(xx, yy, polygon_vertices(shape, r, angle) + np.array([cx, cy]))
 
 
 def _fit_shape(shape: str, comp: np.ndarray, valid: np.ndarray, xx, yy, cx0, cy0, area, inside_r=None, blur=True):
@@ -539,7 +526,8 @@ def finds(image, shape: str, color: str, **kw) -> bool:
 
 
 def validate(seeds: Sequence[int], kind: Optional[str] = None, **kw) -> dict:
-    """Detector accuracy on ground-truth scenes: per true object, found (shape+colour) or not; false positives."""
+    """Detector accuracy on ground-truth scenes: per true object, found (shape+colour) or not, grouped by the
+    object's kind and visibility; and false positives (pairs found that the scene does not hold)."""
     from magic_remover.scenes import make_scene
 
     stats = {}
@@ -548,26 +536,29 @@ def validate(seeds: Sequence[int], kind: Optional[str] = None, **kw) -> dict:
         t, f = stats.get(key, (0, 0))
         stats[key] = (t + 1, f + int(found))
 
-    fp = 0
-    scenes_all = 0
+    fp = fp_scenes = scenes_all = 0
     failures = []
     for seed in seeds:
         sc = make_scene(int(seed), kind=kind)
         pairs = detect_pairs(sc.image, **kw)
         true = {(o.shape, o.color) for o in sc.objects}
         ok_all = True
-        for o in sc.objects:
+        for i, o in enumerate(sc.objects):
             found = (o.shape, o.color) in pairs
             ok_all &= found
             bump("all", found)
-            okind = "transparent" if o.transparent else ("shadow" if o.casts_shadow else "opaque")
-            bump(okind, found)
+            bump("transparent" if o.transparent else ("shadow" if o.casts_shadow else "opaque"), found)
+            visible = visible_fraction(sc, i)
+            bump("visible>=50%" if visible >= 0.5 else "visible<50%", found)
+            if visible >= 0.5 and not o.transparent:
+                bump("opaque-or-shadow, visible>=50%", found)
             if not found:
                 failures.append((int(seed), o.name))
         extra = pairs - true
         fp += len(extra)
+        fp_scenes += int(bool(extra))
         if extra:
             failures.append((int(seed), "FP " + ",".join(f"{c} {s}" for s, c in sorted(extra))))
         scenes_all += int(ok_all)
-    return {"objects": stats, "false_positives": fp, "scenes": len(seeds), "scenes_all_found": scenes_all,
-            "failures": failures}
+    return {"objects": stats, "false_positives": fp, "fp_scenes": fp_scenes, "scenes": len(seeds),
+            "scenes_all_found": scenes_all, "failures": failures}  # fmt: skip

@@ -71,44 +71,12 @@ def _machine() -> str:
     )
 
 
-def _visible_fraction(scene, index: int) -> float:
-    """Fraction of object `index`'s alpha that is not hidden by objects painted after it."""
-    o = scene.objects[index]
-    cover = np.ones_like(o.alpha)
-    for later in scene.objects[index + 1 :]:
-        cover = cover * (1.0 - later.alpha)
-    return float((o.alpha * cover).sum() / max(o.alpha.sum(), 1e-6))
-
-
 # --------------------------------------------------------------------------- 0. detector validation
 
 
 def bench_detector(seeds):
     t0 = time.time()
-    counts = {}
-
-    def bump(key, found):
-        n, k = counts.get(key, (0, 0))
-        counts[key] = (n + 1, k + int(found))
-
-    fp = 0
-    fp_scenes = 0
-    for seed in seeds:
-        sc = make_scene(seed)
-        pairs = det.detect_pairs(sc.image)
-        true = {(o.shape, o.color) for o in sc.objects}
-        for i, o in enumerate(sc.objects):
-            found = (o.shape, o.color) in pairs
-            bump("all", found)
-            kind = "transparent" if o.transparent else ("shadow" if o.casts_shadow else "opaque")
-            bump(kind, found)
-            vis = _visible_fraction(sc, i)
-            bump("visible>=50%" if vis >= 0.5 else "visible<50%", found)
-            if vis >= 0.5 and not o.transparent:
-                bump("opaque-or-shadow, visible>=50%", found)
-        extra = pairs - true
-        fp += len(extra)
-        fp_scenes += int(bool(extra))
+    validation = det.validate(seeds)
     # removal check: an opaque object's `without` image must no longer show it
     n_without, ok_without = 0, 0
     for seed in seeds[: max(1, len(seeds) // 2)]:
@@ -117,9 +85,9 @@ def bench_detector(seeds):
             n_without += 1
             ok_without += int(not det.finds(sc.without(i), o.shape, o.color))
     return {
-        "counts": counts,
-        "fp": fp,
-        "fp_scenes": fp_scenes,
+        "counts": validation["objects"],
+        "fp": validation["false_positives"],
+        "fp_scenes": validation["fp_scenes"],
         "scenes": len(seeds),
         "without": (n_without, ok_without),
         "seconds": time.time() - t0,

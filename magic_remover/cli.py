@@ -55,14 +55,17 @@ def load_pipeline(model: str | None, threads: int | None = None):
     return pipe
 
 
-def removal_defaults(model: str | None) -> dict:
-    """Call settings: the paper's for Stable Diffusion, the tuned ones shipped with the embedded model."""
-    if model is not None:
-        return {}
+def removal_settings(model: str | None, steps: int | None = None) -> tuple[int, dict]:
+    """``(steps, call settings)``: the paper's for Stable Diffusion, the tuned ones shipped with the embedded model
+    (its ``magic_remover_defaults.json``); ``steps`` overrides the number of DDIM steps."""
     import json
 
-    settings = Path(_embedded_model()) / "magic_remover_defaults.json"
-    return json.loads(settings.read_text()) if settings.is_file() else {}
+    settings = {}
+    if model is None:
+        path = Path(_embedded_model()) / "magic_remover_defaults.json"
+        settings = json.loads(path.read_text()) if path.is_file() else {}
+    default_steps = settings.pop("num_inference_steps", 50)
+    return steps or default_steps, settings
 
 
 def write_image_atomically(image, path: Path, force: bool, protected: list[Path]) -> None:
@@ -131,9 +134,7 @@ def command_demo(args) -> int:
     scene = make_scene(args.seed, size=64, num_objects=args.objects)
     index = 0
     obj = scene.objects[index]
-    settings = removal_defaults(args.model)
-    steps = args.steps or settings.pop("num_inference_steps", 50)
-    settings.pop("num_inference_steps", None)
+    steps, settings = removal_settings(args.model, args.steps)
     out = pipe(image=scene.image, prompt=scene.caption, target=obj.shape, num_inference_steps=steps,
                generator=torch.Generator().manual_seed(args.seed), **settings)  # fmt: skip
     result = out.images[0]
@@ -177,9 +178,7 @@ def command_remove(args) -> int:
         raise CommandError(f"Cannot read an image: {error}") from None
 
     pipe = load_pipeline(args.model, args.threads)
-    settings = removal_defaults(args.model)
-    steps = args.steps or settings.pop("num_inference_steps", 50)
-    settings.pop("num_inference_steps", None)
+    steps, settings = removal_settings(args.model, args.steps)
     if args.erase_lambda is not None:
         settings["erase_lambda"] = args.erase_lambda
     if args.attention_guidance_scale is not None:
@@ -205,6 +204,31 @@ def write_check(path: Path, force: bool, protected: list[Path]) -> None:
         raise CommandError(f"{path} already exists; pass --force to overwrite it.")
 
 
+def _integer_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _integer_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _integer_at_least(text, 0)
+
+
+def object_count(text: str) -> int:
+    value = positive_int(text)
+    if value > 3:
+        raise argparse.ArgumentTypeError(f"scenes hold 1 to 3 objects, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="magic-remover",
@@ -217,11 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="remove an object from a synthetic scene with the embedded model",
                           epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     demo.add_argument("-o", "--output", default="magic_remover_demo.png", help="figure to write (overwritten)")
-    demo.add_argument("--seed", type=int, default=3, help="scene seed (held-out seeds are below 100000)")
-    demo.add_argument("--objects", type=int, default=2, help="objects in the scene (1-3)")
-    demo.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    demo.add_argument("--seed", type=non_negative_int, default=3, help="scene seed (held-out seeds are below 100000)")
+    demo.add_argument("--objects", type=object_count, default=2, help="objects in the scene (1-3)")
+    demo.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: the model's)")
     demo.add_argument("--model", default=None, help=argparse.SUPPRESS)
-    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    demo.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=command_demo)
 
@@ -233,13 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("-o", "--output", required=True, help="where to write the result")
     remove.add_argument("--mask", default=None, help="optional mask image, white where removal may happen")
     remove.add_argument("--model", default=None, help="Hub id or local folder (default: the embedded model)")
-    remove.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 50, or the embedded model's)")
+    remove.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: 50, or the embedded model's)")
     remove.add_argument("--lambda", dest="erase_lambda", type=float, default=None, help="lambda of eq. 7 (default 0.8)")
     remove.add_argument("--attention-guidance-scale", type=float, default=None, help="scale of the attention guidance")
     remove.add_argument("--seed", type=int, default=0, help="random seed")
     remove.add_argument("--save-mask", default=None, help="also write the target's soft map as a grey image")
     remove.add_argument("--force", action="store_true", help="overwrite existing outputs (never the input)")
-    remove.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    remove.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     remove.set_defaults(func=command_remove)
 
     from .hub import add_hub_parser

@@ -201,14 +201,17 @@ class MagicRemoverInversion:
 
     @classmethod
     def load(cls, path) -> "MagicRemoverInversion":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            if "magic_remover_inversion" not in metadata:
-                raise ValueError(f"{path} is not an inversion saved by MagicRemoverInversion.save().")
-            settings = json.loads(metadata["magic_remover_inversion"])
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
+        if "magic_remover_inversion" not in metadata:
+            raise ValueError(f"{path} is not an inversion saved by MagicRemoverInversion.save().")
+        settings = json.loads(metadata["magic_remover_inversion"])
         return cls(
             **tensors,
             prompt=settings["prompt"],

@@ -361,6 +361,10 @@ class MagicRemoverPipeline(
             raise ValueError(f"`method` must be one of {INVERSION_METHODS}, got {method!r}.")
         if not (isinstance(num_inner_steps, int) and not isinstance(num_inner_steps, bool) and num_inner_steps >= 1):
             raise ValueError(f"`num_inner_steps` must be a positive int, got {num_inner_steps!r}.")
+        if not (_is_number(learning_rate) and learning_rate > 0):
+            raise ValueError(f"`learning_rate` must be a number > 0, got {learning_rate!r}.")
+        if not (_is_number(early_stop_epsilon) and early_stop_epsilon >= 0):
+            raise ValueError(f"`early_stop_epsilon` must be a number >= 0, got {early_stop_epsilon!r}.")
         if image is None:
             raise ValueError("`image` is required to invert.")
         batch, image_size = _image_batch_and_size(image, "image")

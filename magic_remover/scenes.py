@@ -45,6 +45,7 @@ __all__ = [
     "make_scene",
     "make_caption",
     "caption_without",
+    "visible_fraction",
     "composite",
 ]
 
@@ -207,6 +208,15 @@ def caption_without(scene: Scene, index) -> str:
     return make_caption(keep, scene.background_kind)
 
 
+def visible_fraction(scene: Scene, index: int) -> float:
+    """Fraction of object ``index``'s alpha that is not hidden by the objects painted after it."""
+    obj = scene.objects[index]
+    cover = np.ones_like(obj.alpha)
+    for later in scene.objects[index + 1 :]:
+        cover = cover * (1.0 - later.alpha)
+    return float((obj.alpha * cover).sum() / max(obj.alpha.sum(), 1e-6))
+
+
 # --------------------------------------------------------------------------- textures
 
 
@@ -331,7 +341,8 @@ _BACKGROUND_FUNCS = {
 _SS = 4  # supersampling factor for polygon coverage
 
 
-def _polygon_vertices(shape: str, radius: float, angle: float) -> np.ndarray:
+def polygon_vertices(shape: str, radius: float, angle: float) -> np.ndarray:
+    """Outline of a non-circular shape around the origin (public: the benchmark's detector fits these outlines)."""
     if shape == "square":
         k = np.arange(4)
         th = angle + np.pi / 4 + k * np.pi / 2
@@ -353,10 +364,7 @@ def _polygon_vertices(shape: str, radius: float, angle: float) -> np.ndarray:
     return np.stack([r * np.cos(th), r * np.sin(th)], axis=1)
 
 
-polygon_vertices = _polygon_vertices  # public: the benchmark's detector fits the very outlines drawn here
-
-
-def _points_in_polygon(px, py, verts):
+def points_in_polygon(px, py, verts):
     """Vectorised even-odd rule."""
     inside = np.zeros(px.shape, bool)
     n = len(verts)
@@ -384,12 +392,12 @@ def _shape_coverage(shape: str, size: int, cx: float, cy: float, radius: float, 
         d = np.sqrt((xs[None, :] - cx) ** 2 + (ys[:, None] - cy) ** 2) - radius
         cov[y0:y1, x0:x1] = np.clip(0.5 - d, 0.0, 1.0)
         return cov
-    verts = _polygon_vertices(shape, radius, angle) + np.array([cx, cy])
+    verts = polygon_vertices(shape, radius, angle) + np.array([cx, cy])
     sub = (np.arange(_SS, dtype=np.float32) + 0.5) / _SS
     xs = (np.arange(x0, x1, dtype=np.float32)[:, None] + sub[None, :]).reshape(-1)
     ys = (np.arange(y0, y1, dtype=np.float32)[:, None] + sub[None, :]).reshape(-1)
     px, py = np.meshgrid(xs, ys)
-    ins = _points_in_polygon(px, py, verts).astype(np.float32)
+    ins = points_in_polygon(px, py, verts).astype(np.float32)
     h, w = y1 - y0, x1 - x0
     cov[y0:y1, x0:x1] = ins.reshape(h, _SS, w, _SS).mean(axis=(1, 3))
     return cov

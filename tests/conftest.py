@@ -30,6 +30,24 @@ def image():
 
 
 @pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory):
+    """A StableDiffusionPipeline of tiny components saved to disk: what a user's SD checkpoint folder looks like."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(folder)
+    return folder
+
+
+def quick_removal(pipeline, output_type="latent", **kwargs):
+    """Three DDIM steps (two guided, one of them with classifier optimisation) on the test image, with plain DDIM
+    inversion: enough to run every part of the method quickly."""
+    pipeline.set_progress_bar_config(disable=True)
+    kwargs = {"image": make_test_image(), "prompt": PROMPT, "inversion_method": "ddim", **kwargs}
+    return pipeline(target="ball", num_inference_steps=3, output_type=output_type, **kwargs).images
+
+
+@pytest.fixture(scope="session")
 def inversion(pipe, image):
     return pipe.invert(image, PROMPT, num_inference_steps=STEPS)
 

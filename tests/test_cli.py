@@ -70,6 +70,14 @@ def test_remove_explains_a_model_that_cannot_be_found_offline(tmp_path, photo, c
     assert code == 2 and "Cannot load the model 'nobody/no-such-model'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,flag", [(["demo", "--steps", "0"], "--steps"), (["demo", "--objects", "7"], "--objects"),
+                                       (["demo", "--seed", "-1"], "--seed"), (["demo", "--threads", "x"], "--threads")])
+def test_bad_numbers_are_refused_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+
+
 def test_remove_explains_a_missing_input(tmp_path, capsys):
     assert main(["remove", str(tmp_path / "nope.png"), "--prompt", PROMPT, "--target", "ball", "-o",
                  str(tmp_path / "o.png")]) == 2  # fmt: skip

@@ -5,7 +5,7 @@ results handed to img2img, and the DiffusionPipeline conformance points not cove
 import numpy as np
 import pytest
 import torch
-from conftest import PROMPT, assert_same_state, snapshot
+from conftest import PROMPT, assert_same_state, quick_removal, snapshot
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from tiny_components import make_test_image, tiny_components
 
@@ -17,12 +17,6 @@ SHARED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 def _quiet(pipeline):
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
-
-
-def _remove(pipeline, output_type="latent", **kwargs):
-    """Three DDIM steps (two guided, one of them with classifier optimisation) at the paper's settings."""
-    kwargs = {"image": make_test_image(), "prompt": PROMPT, "inversion_method": "ddim", **kwargs}
-    return _quiet(pipeline)(target="ball", num_inference_steps=3, output_type=output_type, **kwargs).images
 
 
 def _text_to_image(sd):
@@ -82,8 +76,8 @@ def test_from_pipe_keeps_the_source_dtypes_where_diffusers_casts_them(sd):
 def test_text_to_image_is_unchanged_by_a_removal_on_shared_components(sd):
     before_state, before = snapshot(sd), _text_to_image(sd)
     remover = MagicRemoverPipeline.from_pipe(sd)
-    _remove(remover)
-    _remove(remover, output_type="np", self_attention_guidance=True, optimization_steps=2)
+    quick_removal(remover)
+    quick_removal(remover, output_type="np", self_attention_guidance=True, optimization_steps=2)
     assert_same_state(before_state, snapshot(sd))
     np.testing.assert_array_equal(_text_to_image(sd), before)
 
@@ -91,9 +85,9 @@ def test_text_to_image_is_unchanged_by_a_removal_on_shared_components(sd):
 def test_a_removal_feeds_img2img_as_an_image_and_as_latents(sd):
     remover = MagicRemoverPipeline.from_pipe(sd)
     img2img = _quiet(StableDiffusionImg2ImgPipeline.from_pipe(remover))
-    pixels = _remove(remover, output_type="pil")[0]
-    latents = _remove(remover, output_type="latent")
-    as_np = _remove(remover, output_type="np")
+    pixels = quick_removal(remover, output_type="pil")[0]
+    latents = quick_removal(remover, output_type="latent")
+    as_np = quick_removal(remover, output_type="np")
 
     # the latents are in SD's convention (VAE latents times scaling_factor): img2img's VAE decodes them to the result
     with torch.no_grad():
@@ -119,27 +113,27 @@ def test_to_bfloat16_and_back_changes_nothing():
             if isinstance(component, torch.nn.Module):
                 for parameter in component.parameters():
                     parameter.copy_(parameter.bfloat16().float())
-    before = _remove(remover)
+    before = quick_removal(remover)
     remover.to(torch.bfloat16)
     assert set(_dtypes(remover).values()) == {torch.bfloat16}
-    assert torch.isfinite(_remove(remover)).all()
+    assert torch.isfinite(quick_removal(remover)).all()
     remover.to(torch.float32)
     assert set(_dtypes(remover).values()) == {torch.float32}
-    torch.testing.assert_close(_remove(remover), before, atol=0, rtol=0)
+    torch.testing.assert_close(quick_removal(remover), before, atol=0, rtol=0)
 
 
 def test_attention_slicing_leaves_the_results_and_the_processors_intact():
     remover = MagicRemoverPipeline(**tiny_components())
     inversion = remover.invert(make_test_image(), PROMPT, num_inference_steps=3, method="ddim")
     layer_choices = {"all": "all", "up": ["up_blocks"]}  # with "up", sliced processors stay on the other layers
-    plain = {key: _remove(remover, inversion=inversion, attention_layers=v) for key, v in layer_choices.items()}
-    plain_inline = _remove(remover)
+    plain = {key: quick_removal(remover, inversion=inversion, attention_layers=v) for key, v in layer_choices.items()}
+    plain_inline = quick_removal(remover)
     remover.enable_attention_slicing(1)
     try:
         state = snapshot(remover)
         assert any("Sliced" in type(p).__name__ for p in state["processors"].values())
-        sliced = {key: _remove(remover, inversion=inversion, attention_layers=v) for key, v in layer_choices.items()}
-        sliced_inline = _remove(remover)  # its inversion runs through the sliced processors
+        sliced = {key: quick_removal(remover, inversion=inversion, attention_layers=v) for key, v in layer_choices.items()}
+        sliced_inline = quick_removal(remover)  # its inversion runs through the sliced processors
         assert_same_state(state, snapshot(remover))
     finally:
         remover.disable_attention_slicing()
@@ -162,7 +156,7 @@ def test_model_cpu_offload_gives_the_same_result():
     remover = MagicRemoverPipeline(**tiny_components())
     reference = MagicRemoverPipeline(**tiny_components()).to(_accelerator())
     remover.enable_model_cpu_offload(device=_accelerator())
-    torch.testing.assert_close(_remove(remover).cpu(), _remove(reference).cpu(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(quick_removal(remover).cpu(), quick_removal(reference).cpu(), atol=1e-4, rtol=1e-4)
     assert remover.unet.device.type == "cpu"  # offloaded again after the call
 
 
@@ -170,4 +164,4 @@ def test_components_round_trip_through_the_constructor(pipe):
     again = MagicRemoverPipeline(**pipe.components)
     for name in SHARED:
         assert getattr(again, name) is getattr(pipe, name)
-    torch.testing.assert_close(_remove(again, output_type="pt"), _remove(pipe, output_type="pt"), atol=0, rtol=0)
+    torch.testing.assert_close(quick_removal(again, output_type="pt"), quick_removal(pipe, output_type="pt"), atol=0, rtol=0)

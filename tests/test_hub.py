@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROMPT
-from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from conftest import quick_removal
+from diffusers import DiffusionPipeline
 from hub_stand_in import HubStandIn
-from tiny_components import make_test_image, tiny_components
 
 import magic_remover
 from magic_remover import MagicRemoverPipeline
@@ -48,23 +47,10 @@ def _no_unknown_requests(request):
 
 
 @pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    StableDiffusionPipeline(**tiny_components()).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def code_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hub") / "magic-remover"
     assert main(["hub", "export", str(folder)]) == 0
     return folder
-
-
-def _remove(pipeline):
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline(image=make_test_image(), prompt=PROMPT, target="ball", num_inference_steps=3,
-                    inversion_method="ddim", output_type="latent").images  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -100,7 +86,7 @@ def test_exported_folder_loads_as_custom_pipeline(sd_folder, code_folder):
     pipeline = DiffusionPipeline.from_pretrained(sd_folder, custom_pipeline=str(code_folder), trust_remote_code=True)
     assert type(pipeline).__name__ == "MagicRemoverPipeline" and type(pipeline) is not MagicRemoverPipeline
     assert pipeline.unet.config.block_out_channels == [16, 32]
-    torch.testing.assert_close(_remove(pipeline), _remove(MagicRemoverPipeline(**pipeline.components)), atol=0, rtol=0)
+    torch.testing.assert_close(quick_removal(pipeline), quick_removal(MagicRemoverPipeline(**pipeline.components)), atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------------------------

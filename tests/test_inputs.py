@@ -89,5 +89,9 @@ def test_invert_checks_its_inputs(pipe, image):
         pipe.invert(image, None)
     with pytest.raises(ValueError, match="`image`"):
         pipe.invert(None, PROMPT)
+    with pytest.raises(ValueError, match="`learning_rate`"):
+        pipe.invert(image, PROMPT, learning_rate=0)
+    with pytest.raises(ValueError, match="`early_stop_epsilon`"):
+        pipe.invert(image, PROMPT, early_stop_epsilon="small")
     with pytest.raises(ValueError, match="`image` as a tensor"):
         pipe.invert(torch.zeros(1, 1, 1, 3, 8, 8), PROMPT)

@@ -2,25 +2,11 @@
 
 import pytest
 import torch
-from conftest import PROMPT, assert_same_state, snapshot
+from conftest import assert_same_state, quick_removal, snapshot
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
-from tiny_components import make_test_image, tiny_components
 
 import magic_remover
 from magic_remover import MagicRemoverPipeline
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    StableDiffusionPipeline(**tiny_components()).save_pretrained(folder)
-    return folder
-
-
-def _remove(pipeline):
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline(image=make_test_image(), prompt=PROMPT, target="ball", num_inference_steps=3,
-                    inversion_method="ddim", output_type="latent").images  # fmt: skip
 
 
 def test_loads_through_custom_pipeline_file(sd_folder):
@@ -29,7 +15,7 @@ def test_loads_through_custom_pipeline_file(sd_folder):
     )
     assert type(pipeline).__name__ == "MagicRemoverPipeline"
     direct = MagicRemoverPipeline.from_pretrained(sd_folder)
-    torch.testing.assert_close(_remove(pipeline), _remove(direct))
+    torch.testing.assert_close(quick_removal(pipeline), quick_removal(direct))
 
 
 def test_pipeline_file_defines_exactly_one_pipeline_and_imports_siblings_relatively():
@@ -53,7 +39,7 @@ def test_from_pretrained_round_trip(sd_folder, tmp_path):
     pipeline = MagicRemoverPipeline.from_pretrained(sd_folder)
     pipeline.save_pretrained(tmp_path / "remover")
     again = MagicRemoverPipeline.from_pretrained(tmp_path / "remover")
-    torch.testing.assert_close(_remove(pipeline), _remove(again))
+    torch.testing.assert_close(quick_removal(pipeline), quick_removal(again))
 
 
 def test_from_pipe_shares_components_and_mutates_nothing(sd_folder):
@@ -62,7 +48,7 @@ def test_from_pipe_shares_components_and_mutates_nothing(sd_folder):
     remover = MagicRemoverPipeline.from_pipe(sd)
     for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert getattr(remover, name) is getattr(sd, name), name
-    _remove(remover)
+    quick_removal(remover)
     assert_same_state(before, snapshot(sd))
     assert type(StableDiffusionPipeline.from_pipe(remover)).__name__ == "StableDiffusionPipeline"
 
@@ -74,7 +60,7 @@ def test_saved_folder_carries_its_code_and_loads_without_the_package(sd_folder, 
     assert {"pipeline.py", "attention_processors.py", "inversion.py"} <= {p.name for p in folder.iterdir()}
     loaded = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
     assert type(loaded).__name__ == "MagicRemoverPipeline" and type(loaded) is not MagicRemoverPipeline
-    torch.testing.assert_close(_remove(loaded), _remove(pipeline))
+    torch.testing.assert_close(quick_removal(loaded), quick_removal(pipeline))
     # the loaded copy saves its code again
     loaded.save_pretrained(tmp_path / "again")
     assert (tmp_path / "again" / "pipeline.py").read_text() == (folder / "pipeline.py").read_text()

@@ -91,8 +91,13 @@ def test_inversion_survives_save_and_load(tmp_path, pipe, inversion):
     b = pipe(inversion=inversion, target="ball", num_inference_steps=STEPS, output_type="latent").images
     torch.testing.assert_close(a, b)
     (tmp_path / "other.safetensors").write_bytes(b"")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
         MagicRemoverInversion.load(tmp_path / "other.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="not an inversion"):
+        MagicRemoverInversion.load(tmp_path / "plain.safetensors")
 
 
 def test_state_is_unchanged_after_a_call(pipe, inversion):
