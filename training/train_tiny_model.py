@@ -60,6 +60,7 @@ MAX_TOKENS = 32
 MAX_OBJECTS = 3  # make_scene draws at most three objects
 GROUNDING_RES = IMAGE_SIZE // 4  # latent resolution; masks are pooled further per attention level
 GROUNDING_MAX_T = 800  # above this the layout is not yet decided by the noisy input (paper's guidance range top)
+KEPT_ON_EXPORT = ("magic_remover_defaults.json",)
 AE_EVAL_SEEDS = list(range(99_000, 99_128))  # held-out: evaluation only
 
 # stage-specific seed ranges (all >= TRAIN_SEED_OFFSET, never in the held-out range)
@@ -395,6 +396,9 @@ def export_pipeline(out_dir, vae, text_encoder, unet, tok_dir, state, args, fina
                 "batch_size": args.batch_size,
                 "ae_psnr_db": state.get("ae_psnr"),
                 "unet_loss_ema": state.get("unet_loss_ema"),
+                "grounding_weight": args.grounding_weight,
+                "grounding_start": args.grounding_start,
+                "grounding_loss_ema": state.get("grounding_loss_ema"),
                 "scaling_factor": float(vae.config.scaling_factor),
                 "ae_seconds": state["ae_seconds"],
                 "unet_seconds": state["unet_seconds"],
@@ -404,6 +408,10 @@ def export_pipeline(out_dir, vae, text_encoder, unet, tok_dir, state, args, fina
             f,
             indent=1,
         )
+    # hand-written files (the removal defaults chosen by benchmarks/tune_embedded.py) survive a re-export
+    for name in KEPT_ON_EXPORT:
+        if os.path.exists(os.path.join(out_dir, name)):
+            shutil.copy(os.path.join(out_dir, name), os.path.join(tmp, name))
     old = out_dir + ".old-export"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(out_dir):
