@@ -123,7 +123,7 @@ def run(args) -> None:
 
         record(METHODS[0], lambda: pipe(inversion=inversion, **common).images[0], True)
         record(METHODS[1], lambda: pipe(inversion=inversion, mask_image=mask, **common).images[0], True)
-        record(METHODS[2], lambda: pipe(inversion=inversion, **common, **research).images[0], True)
+        record(METHODS[2], lambda: pipe(inversion=inversion, **{**common, **research}).images[0], True)
         record(METHODS[3], lambda: prompt_to_prompt_reweight(pipe, inversion, phrase), True)
         record(METHODS[4], lambda: blended_latent_diffusion(pipe, scene.image, region, caption_without(scene, index),
                                                             steps, guidance, seed=scene.seed), False)  # fmt: skip

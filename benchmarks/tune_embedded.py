@@ -33,6 +33,8 @@ def main(argv=None):
     parser.add_argument("--lambdas", default="0.8,0.5")
     parser.add_argument("--optimization-steps", default="1")
     parser.add_argument("--weightings", default="attention", help="gradient_weighting values, comma separated")
+    parser.add_argument("--blends", default="0",
+                        help="blend_outside_attention_mask values (0/1), comma separated (research code: 1)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -48,6 +50,7 @@ def main(argv=None):
         [float(v) for v in args.lambdas.split(",")],
         [int(v) for v in args.optimization_steps.split(",")],
         args.weightings.split(","),
+        [bool(int(v)) for v in args.blends.split(",")],
     ))  # fmt: skip
     totals = {setting: {"success": 0, "background": 0.0, "fill": 0.0} for setting in grid}
     started = time.perf_counter()
@@ -55,11 +58,11 @@ def main(argv=None):
         inversion = pipe.invert(scene.image, scene.caption, num_inference_steps=args.steps,
                                 guidance_scale=args.guidance_scale)  # fmt: skip
         for setting in grid:
-            scale, erase_lambda, n_opt, weighting = setting
+            scale, erase_lambda, n_opt, weighting, blend = setting
             result = pipe(inversion=inversion, target=target_phrase(scene, index), num_inference_steps=args.steps,
                           guidance_scale=args.guidance_scale, attention_guidance_scale=scale,
                           erase_lambda=erase_lambda, optimization_steps=n_opt,
-                          gradient_weighting=weighting).images[0]  # fmt: skip
+                          gradient_weighting=weighting, blend_outside_attention_mask=blend).images[0]  # fmt: skip
             metrics = score(result, scene, index, finds)
             totals[setting]["success"] += metrics["success"]
             totals[setting]["background"] += metrics["background_psnr"] / len(scenes)
@@ -74,12 +77,13 @@ def main(argv=None):
         f"CFG {args.guidance_scale}, one null-text inversion per scene shared by all settings; "
         f"{(time.perf_counter() - started) / 60:.1f} min.",
         "",
-        "| attention_guidance_scale | erase_lambda | optimization_steps | gradient_weighting | success | fill PSNR (dB) "
-        "| background PSNR (dB) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| attention_guidance_scale | erase_lambda | optimization_steps | gradient_weighting "
+        "| blend_outside_attention_mask | success | fill PSNR (dB) | background PSNR (dB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (scale, erase_lambda, n_opt, weighting), t in totals.items():
-        lines.append(f"| {scale:g} | {erase_lambda:g} | {n_opt} | {weighting} | {100 * t['success'] / len(scenes):.0f}% "
+    for (scale, erase_lambda, n_opt, weighting, blend), t in totals.items():
+        lines.append(f"| {scale:g} | {erase_lambda:g} | {n_opt} | {weighting} | {blend} "
+                     f"| {100 * t['success'] / len(scenes):.0f}% "
                      f"| {t['fill']:.2f} | {t['background']:.2f} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
