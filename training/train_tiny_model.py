@@ -46,6 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from magic_remover.attention_processors import _finish, _project, attention_layer_names  # noqa: E402
 from magic_remover.scenes import (  # noqa: E402
     HELDOUT_SEED_LIMIT,
     TRAIN_SEED_OFFSET,
@@ -264,8 +265,6 @@ class GroundingCaptureProcessor:
         self.store, self.name = store, name
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        from magic_remover.attention_processors import _finish, _project
-
         query, key, value, mask, residual, spatial = _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
         if mask is not None:
@@ -663,8 +662,6 @@ def main():
                 state_path,
             )
             export_pipeline(args.out, vae, ema_te, ema_unet, tok_dir, state, args, final=final)
-
-        from magic_remover.attention_processors import attention_layer_names
 
         attention_store: dict = {}
         _, cross_names = attention_layer_names(unet)
