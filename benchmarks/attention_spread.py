@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.removal import RESULTS  # noqa: E402
+from benchmarks.removal import write_result  # noqa: E402
 
 
 def main(argv=None):
@@ -85,9 +85,7 @@ def main(argv=None):
     for kind in ("target shape", "target colour", "other words"):
         lines.append(f"| {kind} | {np.mean(share[kind]):.3f} | {np.mean(ratio[kind]):.2f} |")
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "attention_spread.md").write_text(text)
-    print(text)
+    write_result("attention_spread.md", text)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,14 @@ SHORT_NAMES = ["MR text", "MR + mask", "MR research", "P2P x0", "Blended LD", "T
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def write_result(name: str, text: str, folder: Path = RESULTS) -> None:
+    """Writes a benchmark's markdown table to ``folder/name`` and prints it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    print(text)
+
+
 def target_phrase(scene, index: int) -> str:
     """The shape word, or colour and shape when another object shares the shape."""
     target = scene.objects[index]
@@ -140,11 +148,8 @@ def run(args) -> None:
         ), flush=True)  # fmt: skip
 
     table = make_table(rows, scenes, steps, settings, args, time.perf_counter() - started)
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "removal.md").write_text(table)
-    make_grid(examples).save(results / "removal.png")
-    print(table)
+    write_result("removal.md", table, args.results)
+    make_grid(examples).save(Path(args.results) / "removal.png")
 
 
 def _mean(values):

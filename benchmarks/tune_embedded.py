@@ -21,7 +21,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.metrics import score  # noqa: E402
-from benchmarks.removal import RESULTS, select_scenes, target_phrase  # noqa: E402
+from benchmarks.removal import select_scenes, target_phrase, write_result  # noqa: E402
+
+
+def _flags(text: str) -> list[bool]:
+    values = text.split(",")
+    if not all(v in ("0", "1") for v in values):
+        raise argparse.ArgumentTypeError(f"expected 0/1 values separated by commas, got {text!r}")
+    return [v == "1" for v in values]
 
 
 def main(argv=None):
@@ -33,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--lambdas", default="0.8,0.5")
     parser.add_argument("--optimization-steps", default="1")
     parser.add_argument("--weightings", default="attention", help="gradient_weighting values, comma separated")
-    parser.add_argument("--blends", default="0",
+    parser.add_argument("--blends", default="0", type=_flags,
                         help="blend_outside_attention_mask values (0/1), comma separated (research code: 1)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     args = parser.parse_args(argv)
@@ -50,7 +57,7 @@ def main(argv=None):
         [float(v) for v in args.lambdas.split(",")],
         [int(v) for v in args.optimization_steps.split(",")],
         args.weightings.split(","),
-        [bool(int(v)) for v in args.blends.split(",")],
+        args.blends,
     ))  # fmt: skip
     totals = {setting: {"success": 0, "background": 0.0, "fill": 0.0} for setting in grid}
     started = time.perf_counter()
@@ -86,9 +93,7 @@ def main(argv=None):
                      f"| {100 * t['success'] / len(scenes):.0f}% "
                      f"| {t['fill']:.2f} | {t['background']:.2f} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tuning.md").write_text(table)
-    print(table)
+    write_result("tuning.md", table)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,8 @@ The model is trained from scratch on the synthetic world of `magic_remover.scene
                     epsilon objective (SD-1.5 DDPM schedule, min-SNR-5 weighting), 10% caption
                     dropout to "" for classifier-free guidance, EMA weights exported.
                     From --grounding-start on, a TokenCompose-style grounding loss (Wang et al., CVPR 2024)
-                    pulls each object word's cross-attention onto that object's visible region: a model this
-                    small, trained for CPU-hours, otherwise spreads its cross-attention almost uniformly,
-                    which Stable Diffusion only escapes through scale.
+                    pulls each object word's cross-attention onto that object's visible region: at 4025
+                    steps without it this model's cross-attention was still almost uniform over the prompt.
 
 Data: scenes are generated freshly for every batch from seeds >= TRAIN_SEED_OFFSET (1_000_000).
 Seeds 0..99_999 are the HELD-OUT range (tests/benchmarks) and are NEVER used for training; a few
@@ -521,6 +520,10 @@ def main():
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
+    if args.grounding_weight < 0:
+        p.error(f"--grounding-weight must be >= 0 (0 disables the loss), got {args.grounding_weight}")
+    if args.grounding_start < 0:
+        p.error(f"--grounding-start must be a UNet step >= 0, got {args.grounding_start}")
 
     from tqdm import tqdm
 
