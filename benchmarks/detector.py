@@ -9,14 +9,20 @@ Method (numpy/scipy only):
    a brightness factor (objects darkened by another object's shadow still match): ``d_c = |p - k c|`` with ``k``
    clipped to a colour-dependent range (white must stay bright and neutral). Pixels within ``tau`` are *opaque*
    candidates.
-2. **Semi-transparent objects.** A smooth background estimate is built from the non-candidate pixels (normalised
-   Gaussian convolution, refined by excluding the hole-filled deviating regions). Each deviating region is unmixed
-   against the colours of a ring around it: ``p = (1 - a) b + a c`` with ``a`` in ``[0.2, 0.92]``; pixels explained
-   by a mixture clearly better than by the background alone get that colour. Soft-edged regions (clouds) are
-   rejected by an edge-softness test.
+   Candidates that a see-through mixture over the background (step 2) explains clearly better are not opaque
+   (purple at half opacity over a light floor looks like a dark pink).
+2. **Semi-transparent objects.** *Patterned backgrounds* (stripes, checker cells: two colours in the generator's
+   periodic geometry) are fitted to the image itself, so the background is known under every object; a deviating
+   region is explained as ``p = (1 - a) b + a c`` with one ``(c, a)`` for the whole region (an object has one
+   opacity), and background pixels that themselves look like a palette colour are ignored when an object of that
+   colour is fitted (a white star across white stripes; its parts are bridged into one component). *Smooth
+   backgrounds* (sky, grass, plain): an estimate is built from the non-candidate pixels (normalised Gaussian
+   convolution, refined by excluding the hole-filled deviating regions); each deviating region is unmixed against
+   the colours of a ring around it with ``a`` in ``[0.2, 0.92]``; pixels explained by a mixture clearly better than
+   by the background alone get that colour. Soft-edged regions (clouds) are rejected by an edge-softness test.
 3. **Connected components** per colour (opening, closing, hole filling). A colour that runs along the image border
-   for long is background here (white stripes, light checker cells): its border-touching components are dropped and
-   the others kept only if clearly brighter.
+   for long is background here (white stripes or light cells that no pattern fit explained): its border-touching
+   components are dropped and the others kept only if clearly brighter.
 4. **Shape classification by template fitting.** For each component and each of the five shapes the outline (the
    generator's geometry) is fitted by an angle search plus coordinate descent over centre, size and angle, maximising
    the IoU with the component, also against blurred-and-thresholded outlines (images decoded by a VAE round corners
@@ -356,16 +362,245 @@ def _split_greedy(comp, valid, xx, yy, min_area=30):
 # --------------------------------------------------------------------------- detector
 
 
+# --------------------------------------------------------------------------- two-colour patterned backgrounds
+
+
+def _soft_band(t, period, scale):
+    """The scene generator's anti-aliased periodic band (``scenes._soft_band``): ~1 px soft edges."""
+    ph = t % period
+    d = np.abs(ph - 0.75 * period)
+    d = np.minimum(d, period - d)
+    return np.clip((0.25 * period - d) * scale + 0.5, 0.0, 1.0)
+
+
+def _two_means(X: np.ndarray, iters: int = 12):
+    """Two colour clusters of the rows of X (brightest and darkest 30% as the start); None if one is empty."""
+    lum = X.mean(1)
+    a, b = X[lum >= np.quantile(lum, 0.7)].mean(0), X[lum <= np.quantile(lum, 0.3)].mean(0)
+    for _ in range(iters):
+        m = np.linalg.norm(X - a, axis=1) < np.linalg.norm(X - b, axis=1)
+        if m.all() or (~m).all():
+            return None
+        a, b = X[m].mean(0), X[~m].mean(0)
+    return a, b
+
+
+def _pattern_weight(kind: str, params, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Weight of the second colour at every pixel: stripes (orientation index, period, phase) or checker
+    cells (cell size, x offset, y offset), the generator's geometry."""
+    if kind == "stripes":
+        o, period, phase = params
+        u = (yy, xx, (xx + yy) / np.sqrt(2), (xx - yy) / np.sqrt(2))[int(o)]
+        return _soft_band(u / period + phase, 1.0, period)
+    cell, ox, oy = params
+    px = _soft_band((xx + ox) / cell, 2.0, cell)
+    py = _soft_band((yy + oy) / cell, 2.0, cell)
+    return px * (1 - py) + py * (1 - px)
+
+
+def _fit_pattern_background(img: np.ndarray, min_agree: float = 0.82, min_inliers: float = 0.5):
+    """Fit a two-colour periodic background (stripes at 0/90/+-45 degrees, or checker cells with a floor's
+    lighting falloff) to the image alone. Returns (background HxWx3, info) or None when the image shows none.
+
+    The colours come from two-means on the border; every pixel is then +1 / -1 / 0 (nearer the second colour,
+    nearer the first, neither: objects and shadows). Each candidate geometry's sign pattern is scored by a dot
+    product with that map (checker patterns are the product of a row and a column pattern, so all offsets of
+    one cell size are scored by one matrix product), the best is refined by coordinate descent on a robust
+    residual, and the colours are fitted by least squares on the pixels the pattern explains."""
+    H, W = img.shape[:2]
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5
+    border = np.zeros((H, W), bool)
+    border[:3] = border[-3:] = True
+    border[:, :3] = border[:, -3:] = True
+    ab = _two_means(img[border])
+    if ab is None:
+        return None
+    A, B = ab
+    sep = float(np.linalg.norm(A - B))
+    if sep < 0.15:
+        return None
+    da = np.linalg.norm(img - A, axis=-1)
+    db = np.linalg.norm(img - B, axis=-1)
+    inl = np.minimum(da, db) < 0.35 * sep
+    S = (inl * np.where(db < da, 1.0, -1.0)).astype(np.float32)
+    size = float(min(H, W))
+    best = (0.0, None, None)
+    phases = np.arange(48, dtype=np.float32) / 48
+    S_sub = S[::2, ::2].ravel()  # the coarse search on every second pixel
+    n_sub = max(float(np.abs(S_sub).sum()), 1.0)
+    for o, u in enumerate((yy, xx, (xx + yy) / np.sqrt(2), (xx - yy) / np.sqrt(2))):
+        u_sub = u[::2, ::2].ravel()
+        for period in np.arange(0.185 * size, 0.335 * size, 0.4 * size / 64, dtype=np.float32):
+            pat = np.where((u_sub[:, None] / period + phases[None]) % 1.0 >= 0.5, 1.0, -1.0).astype(np.float32)
+            sc = S_sub @ pat / n_sub
+            k = int(np.argmax(np.abs(sc)))
+            if abs(sc[k]) > best[0]:
+                best = (abs(sc[k]), "stripes", (o, float(period), float(phases[k])))
+    n_inl = max(float(inl.sum()), 1.0)
+    xs, ys = xx[0], yy[:, 0]
+    for cell in np.arange(0.145 * size, 0.265 * size, 0.25 * size / 64, dtype=np.float32):
+        offs = np.arange(0, 2 * cell, cell / 24, dtype=np.float32)
+        SX = np.where(((xs[:, None] + offs[None]) / cell) % 2.0 >= 1.0, 1.0, -1.0).astype(np.float32)
+        SY = np.where(((ys[:, None] + offs[None]) / cell) % 2.0 >= 1.0, 1.0, -1.0).astype(np.float32)
+        sc = SY.T @ S @ SX / n_inl  # (y offset, x offset)
+        k = np.unravel_index(int(np.argmax(np.abs(sc))), sc.shape)
+        if abs(sc[k]) > best[0]:
+            best = (abs(sc[k]), "checker", (float(cell), float(offs[k[1]]), float(offs[k[0]])))
+    agree = 0.5 + 0.5 * best[0]  # fraction of the explained pixels the binary pattern gets right
+    if best[1] is None or agree < min_agree:
+        return None
+    kind, params = best[1], list(best[2])
+    light = (0.85 + 0.15 * yy / H) if kind == "checker" else np.ones_like(yy)
+
+    def render(params, use):
+        w = _pattern_weight(kind, params, xx, yy)
+        X = np.stack([(1 - w) * light, w * light], -1)
+        coef, *_ = np.linalg.lstsq(X[use], img[use], rcond=None)  # the two colours
+        bg = X @ coef
+        res = np.linalg.norm(img - bg, axis=-1)
+        return bg, res, float(np.minimum(res, 0.08).mean())
+
+    bg, res, cost = render(params, inl)
+    use = res < 0.06
+    steps = [0.0, 0.1, 0.01] if kind == "stripes" else [0.1, 0.2, 0.2]
+    for _ in range(6):
+        improved = False
+        for j in range(3):
+            for sgn in (-1, 1) if steps[j] else ():
+                p = list(params)
+                p[j] += sgn * steps[j]
+                cand = render(p, use)
+                if cand[2] < cost - 1e-6:
+                    params, (bg, res, cost), improved = p, cand, True
+        if not improved:
+            steps = [s * 0.5 for s in steps]
+        use = res < 0.06
+    inliers = float((res < 0.04).mean())
+    if inliers < min_inliers:
+        return None
+    return bg.astype(np.float32), {"kind": kind, "params": params, "agree": agree, "inliers": inliers}
+
+
+_ALPHAS = np.arange(0.2, 0.925, 0.025, dtype=np.float32)  # opacities tried for semi-transparent objects
+
+
+def _assign_one_opacity(res: np.ndarray, d0: np.ndarray, tol: float, min_count: int = 20) -> np.ndarray:
+    """Colour index per pixel of one region (-1: none), from `res` (n, alphas, colours), the residual of
+    p = (1 - a) b + a c, and `d0` (n,), the residual of the background alone.
+
+    A semi-transparent object has one opacity: the same (c, a) holds over the whole object, which tells purple
+    over a light cell from pink (a free per-pixel alpha could not). The (c, a) explaining most pixels is taken,
+    then the same on what is left (a second object), while enough is left."""
+    ok = (res < tol) & (d0[:, None, None] > res + 0.04)
+    out = np.full(len(d0), -1)
+    left = np.ones(len(d0), bool)
+    while left.sum() >= min_count:
+        counts = (ok & left[:, None, None]).sum(0)
+        ai, ci = np.unravel_index(int(np.argmax(counts)), counts.shape)
+        if counts[ai, ci] < min_count:
+            break
+        take = ok[:, ai, ci] & left
+        out[take] = ci
+        left &= ~take
+    return out
+
+
+def _mixture_residual(img: np.ndarray, bg: np.ndarray, amin: float = 0.2, amax: float = 0.92) -> np.ndarray:
+    """(H, W): how well the best palette colour at the best alpha in [amin, amax] over `bg` explains each pixel."""
+    p, b = img[..., None, :], bg[..., None, :]
+    dvec = _PALETTE[None, None] - b
+    a = np.clip(((p - b) * dvec).sum(-1) / np.maximum((dvec * dvec).sum(-1), 1e-6), amin, amax)
+    return np.linalg.norm(p - b - a[..., None] * dvec, axis=-1).min(-1)
+
+
+def _label_pixels_on_pattern(img: np.ndarray, bg: np.ndarray, tau: float, transparent: bool):
+    """Pixel labels against a known background: only pixels the background does not explain can belong to an
+    object. Returns (labels, is_transparent, bg_colour): bg_colour (H,W) is the palette colour the background
+    itself shows at a pixel the background explains (-1 elsewhere): an object of that colour is invisible
+    there, so those pixels are ignored when its outline is fitted."""
+    dev = np.linalg.norm(img - bg, axis=-1)
+    # a shadow darkens the background: p = k b
+    k = np.clip((img * bg).sum(-1) / np.maximum((bg * bg).sum(-1), 1e-6), 0.3, 0.97)
+    shadow = (np.linalg.norm(img - k[..., None] * bg, axis=-1) < 0.04) & (dev > 0.04)
+    d = _opaque_distance(img) / _TAU_SCALE
+    lab = np.argmin(d, -1)
+    dmin = np.take_along_axis(d, lab[..., None], -1)[..., 0]
+    opaque = (dmin < tau) & (dev > 0.1) & ~shadow
+    # a palette colour seen through another one (purple over a light cell looks like a dark pink): such pixels
+    # are left to the transparent step when a clearly see-through mixture explains them better
+    opaque &= ~(_mixture_residual(img, bg, amax=0.8) < np.minimum(dmin * _TAU_SCALE[lab] - 0.03, 0.03))
+    labels = np.where(opaque, lab, -1)
+    d_bg = _opaque_distance(bg) / _TAU_SCALE
+    bg_lab = np.argmin(d_bg, -1)
+    bg_colour = np.where((d_bg.min(-1) < 1.3 * tau) & (dev <= 0.1), bg_lab, -1)
+    trans = np.zeros(opaque.shape, bool)
+    if not transparent:
+        return labels, trans, bg_colour
+    cand = (dev > 0.06) & ~ndi.binary_dilation(opaque, iterations=1) & ~shadow
+    cand = ndi.binary_opening(cand, iterations=1)
+    cc, n = ndi.label(cand)
+    for r in range(1, n + 1):
+        reg = cc == r
+        if reg.sum() < 20:
+            continue
+        P, Bk = img[reg], bg[reg]
+        mix = (1 - _ALPHAS)[None, :, None, None] * Bk[:, None, None, :] + _ALPHAS[None, :, None, None] * _PALETTE[None, None]
+        res = np.linalg.norm(P[:, None, None, :] - mix, axis=-1)  # (n, alphas, colours)
+        colour = _assign_one_opacity(res, dev[reg], tol=0.05)
+        ys, xs = np.nonzero(reg)
+        hit = colour >= 0
+        labels[ys[hit], xs[hit]] = colour[hit]
+        trans[ys[hit], xs[hit]] = True
+    return labels, trans, bg_colour
+    cand = (dev > 0.06) & ~ndi.binary_dilation(opaque, iterations=1) & ~shadow
+    cand = ndi.binary_opening(cand, iterations=1)
+    cc, n = ndi.label(cand)
+    alphas = np.arange(0.2, 0.925, 0.025, dtype=np.float32)
+    for r in range(1, n + 1):
+        reg = cc == r
+        if reg.sum() < 20:
+            continue
+        # A semi-transparent object has one opacity: p = (1 - a) b + a c with the same (c, a) over the whole
+        # object, which tells purple over a light cell from pink (a free per-pixel alpha could not). Take the
+        # (c, a) explaining most of the region, then the same for what is left (a second object), if enough.
+        P, Bk, D = img[reg], bg[reg], dev[reg]
+        left = np.ones(len(P), bool)
+        while left.sum() >= 20:
+            mix = (1 - alphas)[None, :, None, None] * Bk[:, None, None, :] + alphas[None, :, None, None] * _PALETTE[None, None]
+            res = np.linalg.norm(P[:, None, None, :] - mix, axis=-1)  # (n, alphas, colours)
+            ok = (res < 0.05) & (D[:, None, None] > res + 0.04) & left[:, None, None]
+            counts = ok.sum(0)
+            ai, ci = np.unravel_index(int(np.argmax(counts)), counts.shape)
+            if counts[ai, ci] < 20:
+                break
+            take = ok[:, ai, ci]
+            ys, xs = np.nonzero(reg)
+            labels[ys[take], xs[take]] = ci
+            trans[ys[take], xs[take]] = True
+            left &= ~take
+    return labels, trans, bg_colour
+
+
 def _label_pixels(img: np.ndarray, tau: float, transparent: bool):
-    """Returns (labels (H,W) int in -1..7, is_transparent (H,W) bool)."""
+    """Returns (labels (H,W) int in -1..7, is_transparent (H,W) bool, bg_colour (H,W) int in -1..7, whether a
+    patterned background was fitted)."""
+    pattern = _fit_pattern_background(img)
+    if pattern is not None:
+        return (*_label_pixels_on_pattern(img, pattern[0], tau, transparent), True)
+    no_bg_colour = np.full(img.shape[:2], -1)
     d = _opaque_distance(img) / _TAU_SCALE
     lab = np.argmin(d, -1)
     dmin = np.take_along_axis(d, lab[..., None], -1)[..., 0]
     opaque = dmin < tau
-    labels = np.where(opaque, lab, -1)
     trans = np.zeros(opaque.shape, bool)
     if not transparent:
-        return labels, trans
+        return np.where(opaque, lab, -1), trans, no_bg_colour, False
+    # as on patterned backgrounds: palette-like pixels that a see-through mixture over the smooth background
+    # (interpolated under them) explains clearly better are left to the transparent step
+    holes = _fill_small_holes(ndi.binary_dilation(opaque, iterations=1), int(0.25 * opaque.size))
+    bg0 = _estimate_background(img, holes, (3.0, 6.0, 12.0))
+    opaque &= ~(_mixture_residual(img, bg0, amax=0.8) < np.minimum(dmin * _TAU_SCALE[lab] - 0.03, 0.03))
+    labels = np.where(opaque, lab, -1)
 
     cand = _transparent_candidates(img, opaque)
     excl = ndi.binary_dilation(opaque, iterations=1)
@@ -399,7 +634,7 @@ def _label_pixels(img: np.ndarray, tau: float, transparent: bool):
         ys, xs = np.nonzero(reg)
         labels[ys[ok], xs[ok]] = best[ok]
         trans[ys[ok], xs[ok]] = True
-    return labels, trans
+    return labels, trans, no_bg_colour, False
 
 
 def detect(
@@ -427,7 +662,7 @@ def detect(
         img = ndi.median_filter(img, size=(smooth, smooth, 1), mode="nearest")
     H, W = img.shape[:2]
     scale2 = (H * W) / (64 * 64)
-    labels, trans = _label_pixels(img, tau, transparent)
+    labels, trans, bg_colour, pattern = _label_pixels(img, tau, transparent)
     fg_any = labels >= 0
     dets: List[Detection] = []
     for ci, cname in enumerate(COLOR_NAMES):
@@ -437,7 +672,11 @@ def detect(
         m = ndi.binary_opening(m, structure=ndi.generate_binary_structure(2, 1))
         m = ndi.binary_closing(m, structure=ndi.generate_binary_structure(2, 1)) | m
         m = ndi.binary_fill_holes(m)
-        cc, n = ndi.label(m)
+        # parts of one object cut apart by background of its own colour (a white star across white stripes) are
+        # one component: bridge them through those background pixels
+        bridge = (bg_colour == ci) & ndi.binary_dilation(m, iterations=4)
+        cc, n = ndi.label(m | bridge) if bridge.any() else ndi.label(m)
+        cc = cc * m
         if n == 0:
             continue
         sizes = ndi.sum(np.ones_like(cc), cc, index=np.arange(1, n + 1))
@@ -460,9 +699,11 @@ def detect(
                     continue
                 if img[comp].mean() < bg_light + 0.01:
                     continue
-            if trans[comp].mean() > 0.5 and _edge_softness(img, comp, fg_any & ~m) > max_softness:
+            if not pattern and trans[comp].mean() > 0.5 and _edge_softness(img, comp, fg_any & ~m) > max_softness:
                 continue  # soft-edged: a cloud, not an object
-            other = fg_any & ~m  # pixels of other colours: possible occluders, ignored in the IoU
+            # pixels of other colours (possible occluders) and background pixels of this very colour (where the
+            # object would be invisible) are ignored in the IoU
+            other = (fg_any & ~m) | (bg_colour == ci)
             ys, xs = np.nonzero(comp)
             # crop around the component, extended beyond the image border where needed (outside the image the
             # component is absent and nothing is ignored: outlines that hang out of the image are penalised)
