@@ -26,7 +26,9 @@ Method (numpy/scipy only):
 4. **Shape classification by template fitting.** For each component and each of the five shapes the outline (the
    generator's geometry) is fitted by an angle search plus coordinate descent over centre, size and angle, maximising
    the IoU with the component, also against blurred-and-thresholded outlines (images decoded by a VAE round corners
-   and eat star tips). Pixels of *other* colours are ignored in the IoU (occluders). The best shape wins if its IoU
+   and eat star tips). Pixels of *other* colours are ignored in the IoU (occluders); a component next to one also
+   starts from centres pushed outward with a larger outline (its visible part underestimates both). Pixels where
+   a see-through object covers an opaque one belong to the see-through object. The best shape wins if its IoU
    is >= ``min_score``. Components that fit badly are tried as two touching same-coloured objects (the largest
    outline inside the component, plus the largest left-over part).
 
@@ -206,6 +208,13 @@ def _fit_shape(shape: str, comp: np.ndarray, valid: np.ndarray, xx, yy, cx0, cy0
     for ang in angles:
         for rs in (0.95, 1.08):
             cands.append((iou(cx0, cy0, r0 * rs, ang), cx0, cy0, r0 * rs, ang))
+    if inside_r is None and max(c[0] for c in cands) < 0.9 and not valid[ndi.binary_dilation(comp, iterations=2)].all():
+        # partly hidden behind an occluder: the visible part's centroid and area underestimate the outline, so
+        # also start from centres pushed out by a third of the radius, with a larger outline
+        for k in range(8):
+            dx, dy = np.cos(k * np.pi / 4) * r0 / 3, np.sin(k * np.pi / 4) * r0 / 3
+            for ang in angles:
+                cands.append((iou(cx0 + dx, cy0 + dy, r0 * 1.2, ang), cx0 + dx, cy0 + dy, r0 * 1.2, ang))
     cands.sort(key=lambda t: -t[0])
     best = None
     for start in cands[:2]:
@@ -462,18 +471,34 @@ def _fit_pattern_background(img: np.ndarray, min_agree: float = 0.82, min_inlier
 
     bg, res, cost = render(params, inl)
     use = res < 0.06
+    # the period (cell size) is stepped about the image centre, the phase (offsets) following, so that the two
+    # are not coupled: a period step alone would move the far edges by several pixels
+    xc, yc = W / 2.0, H / 2.0
+    uc = (yc, xc, (xc + yc) / np.sqrt(2), (xc - yc) / np.sqrt(2))[int(params[0])] if kind == "stripes" else 0.0
+
+    def step(p, j, delta):
+        p = list(p)
+        if j == 1 and kind == "stripes":
+            p[2] += uc / p[1] - uc / (p[1] + delta)
+        elif j == 0 and kind == "checker":
+            p[1] = (xc + p[1]) * (p[0] + delta) / p[0] - xc
+            p[2] = (yc + p[2]) * (p[0] + delta) / p[0] - yc
+        p[j] += delta
+        return p
+
     steps = [0.0, 0.1, 0.01] if kind == "stripes" else [0.1, 0.2, 0.2]
-    for _ in range(6):
+    for _ in range(30):
         improved = False
         for j in range(3):
             for sgn in (-1, 1) if steps[j] else ():
-                p = list(params)
-                p[j] += sgn * steps[j]
+                p = step(params, j, sgn * steps[j])
                 cand = render(p, use)
                 if cand[2] < cost - 1e-6:
                     params, (bg, res, cost), improved = p, cand, True
         if not improved:
             steps = [s * 0.5 for s in steps]
+            if max(steps) < 2e-3:
+                break
         use = res < 0.06
     inliers = float((res < 0.04).mean())
     if inliers < min_inliers:
@@ -484,13 +509,27 @@ def _fit_pattern_background(img: np.ndarray, min_agree: float = 0.82, min_inlier
 _ALPHAS = np.arange(0.2, 0.925, 0.025, dtype=np.float32)  # opacities tried for semi-transparent objects
 
 
-def _assign_one_opacity(res: np.ndarray, d0: np.ndarray, tol: float, min_count: int = 20) -> np.ndarray:
+def _over_an_object(P: np.ndarray, ci: int, alphas, tol: float = 0.045) -> np.ndarray:
+    """(n,) bool: pixels explained as colour `ci` at one of `alphas` over an opaque object of another palette
+    colour (of any brightness: it may lie in a shadow), i.e. where a see-through object covers another one."""
+    c = _PALETTE[ci]
+    best = np.full(len(P), np.inf, np.float32)
+    for a in np.atleast_1d(alphas):
+        under = (P - a * c) / (1 - a)  # what the pixel would show without the see-through object
+        d = _opaque_distance(under[None])[0]  # (n, colours)
+        d[:, ci] = np.inf
+        best = np.minimum(best, (1 - a) * d.min(1))
+    return best < tol
+
+
+def _assign_one_opacity(res: np.ndarray, d0: np.ndarray, tol: float, min_count: int = 20, P=None) -> np.ndarray:
     """Colour index per pixel of one region (-1: none), from `res` (n, alphas, colours), the residual of
     p = (1 - a) b + a c, and `d0` (n,), the residual of the background alone.
 
     A semi-transparent object has one opacity: the same (c, a) holds over the whole object, which tells purple
     over a light cell from pink (a free per-pixel alpha could not). The (c, a) explaining most pixels is taken,
-    then the same on what is left (a second object), while enough is left."""
+    then the same on what is left (a second object), while enough is left. With the pixels `P`, a (c, a) also
+    takes the pixels it explains over another, opaque object."""
     ok = (res < tol) & (d0[:, None, None] > res + 0.04)
     out = np.full(len(d0), -1)
     left = np.ones(len(d0), bool)
@@ -500,6 +539,8 @@ def _assign_one_opacity(res: np.ndarray, d0: np.ndarray, tol: float, min_count: 
         if counts[ai, ci] < min_count:
             break
         take = ok[:, ai, ci] & left
+        if P is not None:  # where the object also covers another object
+            take |= left & _over_an_object(P, ci, _ALPHAS[ai])
         out[take] = ci
         left &= ~take
     return out
@@ -546,7 +587,7 @@ def _label_pixels_on_pattern(img: np.ndarray, bg: np.ndarray, tau: float, transp
         P, Bk = img[reg], bg[reg]
         mix = (1 - _ALPHAS)[None, :, None, None] * Bk[:, None, None, :] + _ALPHAS[None, :, None, None] * _PALETTE[None, None]
         res = np.linalg.norm(P[:, None, None, :] - mix, axis=-1)  # (n, alphas, colours)
-        colour = _assign_one_opacity(res, dev[reg], tol=0.05)
+        colour = _assign_one_opacity(res, dev[reg], tol=0.05, P=P)
         ys, xs = np.nonzero(reg)
         hit = colour >= 0
         labels[ys[hit], xs[hit]] = colour[hit]
@@ -631,6 +672,10 @@ def _label_pixels(img: np.ndarray, tau: float, transparent: bool):
             res_all[ok, ci] = res[ok]
         best = res_all.argmin(1)
         ok = np.isfinite(res_all[np.arange(len(P)), best])
+        if ok.sum() >= 20:  # the region's main colour also where it covers another object (opacity unknown here)
+            main = int(np.bincount(best[ok]).argmax())
+            over = ~ok & _over_an_object(P, main, _ALPHAS, tol=0.04)
+            best[over], ok = main, ok | over
         ys, xs = np.nonzero(reg)
         labels[ys[ok], xs[ok]] = best[ok]
         trans[ys[ok], xs[ok]] = True
@@ -674,7 +719,9 @@ def detect(
         m = ndi.binary_fill_holes(m)
         # parts of one object cut apart by background of its own colour (a white star across white stripes) are
         # one component: bridge them through those background pixels
-        bridge = (bg_colour == ci) & ndi.binary_dilation(m, iterations=4)
+        # (grown by a pixel: the pattern's soft edges are neither background of that colour nor object)
+        own_bg = ndi.binary_dilation(bg_colour == ci, iterations=1) & ~m
+        bridge = own_bg & ndi.binary_dilation(m, iterations=4)
         cc, n = ndi.label(m | bridge) if bridge.any() else ndi.label(m)
         cc = cc * m
         if n == 0:
@@ -703,7 +750,7 @@ def detect(
                 continue  # soft-edged: a cloud, not an object
             # pixels of other colours (possible occluders) and background pixels of this very colour (where the
             # object would be invisible) are ignored in the IoU
-            other = (fg_any & ~m) | (bg_colour == ci)
+            other = (fg_any & ~m) | own_bg
             ys, xs = np.nonzero(comp)
             # crop around the component, extended beyond the image border where needed (outside the image the
             # component is absent and nothing is ignored: outlines that hang out of the image are penalised)
