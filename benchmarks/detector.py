@@ -51,6 +51,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from magic_remover.scenes import COLORS, SHAPES, points_in_polygon, polygon_vertices, visible_fraction
+from magic_remover.scenes import _soft_band  # the generator's anti-aliased periodic band (~1 px soft edges)
 
 __all__ = ["Detection", "detect", "detect_pairs", "finds", "COLOR_NAMES", "SHAPES", "to_float_image"]
 
@@ -154,21 +155,7 @@ def _estimate_background(img: np.ndarray, exclude: np.ndarray, sigmas=(1.5, 3.0,
     return est
 
 
-def _unmix(img: np.ndarray, bg: np.ndarray, amin=0.2, amax=0.85):
-    """Per colour: best alpha of p = (1-a) bg + a c, residual. Returns (alpha (H,W,8), residual (H,W,8))."""
-    p = img[..., None, :]
-    b = bg[..., None, :]
-    c = _PALETTE[None, None]
-    d = c - b
-    a = ((p - b) * d).sum(-1) / np.maximum((d * d).sum(-1), 1e-6)
-    a = np.clip(a, amin, amax)
-    res = np.sqrt(((p - b - a[..., None] * d) ** 2).sum(-1))
-    return a, res, np.sqrt((d * d).sum(-1))
-
-
 # --------------------------------------------------------------------------- shape outlines
-
-
 
 
 def _render(shape: str, cx: float, cy: float, r: float, angle: float, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
@@ -267,31 +254,6 @@ def _classify(comp, valid, xx, yy):
     return results
 
 
-def _split(comp, max_parts=3, min_area=25):
-    """Split a component at the necks of its distance transform (watershed from separated maxima)."""
-    dt = ndi.distance_transform_edt(comp)
-    peaks = (dt == ndi.maximum_filter(dt, size=5)) & (dt >= 2.5)
-    ys, xs = np.nonzero(peaks)
-    order = np.argsort(-dt[ys, xs])
-    seeds = []
-    for i in order:
-        y, x = ys[i], xs[i]
-        # a new seed must be far from the others relative to both radii (not the same blob)
-        if all(np.hypot(y - sy, x - sx) > 0.7 * (dt[y, x] + dt[sy, sx]) for sy, sx in seeds):
-            seeds.append((y, x))
-        if len(seeds) == max_parts:
-            break
-    if len(seeds) < 2:
-        return [comp]
-    # assign each pixel to the seed with the smallest distance relative to the seed's inscribed radius
-    yy, xx = np.mgrid[0 : comp.shape[0], 0 : comp.shape[1]]
-    rel = np.stack([np.hypot(yy - sy, xx - sx) / dt[sy, sx] for sy, sx in seeds])
-    ws = np.argmin(rel, 0) + 1
-    parts = [(ws == i + 1) & comp for i in range(len(seeds))]
-    parts = [pm for pm in parts if pm.sum() >= min_area]
-    return parts if len(parts) > 1 else [comp]
-
-
 def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
     """Fill the components of ~mask smaller than max_area, including those cut by the image border."""
     cc, n = ndi.label(~mask)
@@ -368,18 +330,7 @@ def _split_greedy(comp, valid, xx, yy, min_area=30):
     return [part1, part2]
 
 
-# --------------------------------------------------------------------------- detector
-
-
 # --------------------------------------------------------------------------- two-colour patterned backgrounds
-
-
-def _soft_band(t, period, scale):
-    """The scene generator's anti-aliased periodic band (``scenes._soft_band``): ~1 px soft edges."""
-    ph = t % period
-    d = np.abs(ph - 0.75 * period)
-    d = np.minimum(d, period - d)
-    return np.clip((0.25 * period - d) * scale + 0.5, 0.0, 1.0)
 
 
 def _two_means(X: np.ndarray, iters: int = 12):
@@ -585,7 +536,8 @@ def _label_pixels_on_pattern(img: np.ndarray, bg: np.ndarray, tau: float, transp
         if reg.sum() < 20:
             continue
         P, Bk = img[reg], bg[reg]
-        mix = (1 - _ALPHAS)[None, :, None, None] * Bk[:, None, None, :] + _ALPHAS[None, :, None, None] * _PALETTE[None, None]
+        a = _ALPHAS[None, :, None, None]
+        mix = (1 - a) * Bk[:, None, None, :] + a * _PALETTE[None, None]
         res = np.linalg.norm(P[:, None, None, :] - mix, axis=-1)  # (n, alphas, colours)
         colour = _assign_one_opacity(res, dev[reg], tol=0.05, P=P)
         ys, xs = np.nonzero(reg)
@@ -593,33 +545,9 @@ def _label_pixels_on_pattern(img: np.ndarray, bg: np.ndarray, tau: float, transp
         labels[ys[hit], xs[hit]] = colour[hit]
         trans[ys[hit], xs[hit]] = True
     return labels, trans, bg_colour
-    cand = (dev > 0.06) & ~ndi.binary_dilation(opaque, iterations=1) & ~shadow
-    cand = ndi.binary_opening(cand, iterations=1)
-    cc, n = ndi.label(cand)
-    alphas = np.arange(0.2, 0.925, 0.025, dtype=np.float32)
-    for r in range(1, n + 1):
-        reg = cc == r
-        if reg.sum() < 20:
-            continue
-        # A semi-transparent object has one opacity: p = (1 - a) b + a c with the same (c, a) over the whole
-        # object, which tells purple over a light cell from pink (a free per-pixel alpha could not). Take the
-        # (c, a) explaining most of the region, then the same for what is left (a second object), if enough.
-        P, Bk, D = img[reg], bg[reg], dev[reg]
-        left = np.ones(len(P), bool)
-        while left.sum() >= 20:
-            mix = (1 - alphas)[None, :, None, None] * Bk[:, None, None, :] + alphas[None, :, None, None] * _PALETTE[None, None]
-            res = np.linalg.norm(P[:, None, None, :] - mix, axis=-1)  # (n, alphas, colours)
-            ok = (res < 0.05) & (D[:, None, None] > res + 0.04) & left[:, None, None]
-            counts = ok.sum(0)
-            ai, ci = np.unravel_index(int(np.argmax(counts)), counts.shape)
-            if counts[ai, ci] < 20:
-                break
-            take = ok[:, ai, ci]
-            ys, xs = np.nonzero(reg)
-            labels[ys[take], xs[take]] = ci
-            trans[ys[take], xs[take]] = True
-            left &= ~take
-    return labels, trans, bg_colour
+
+
+# --------------------------------------------------------------------------- detector
 
 
 def _label_pixels(img: np.ndarray, tau: float, transparent: bool):
@@ -746,7 +674,8 @@ def detect(
                     continue
                 if img[comp].mean() < bg_light + 0.01:
                     continue
-            if not pattern and trans[comp].mean() > 0.5 and _edge_softness(img, comp, fg_any & ~m) > max_softness:
+            soft = not pattern and trans[comp].mean() > 0.5
+            if soft and _edge_softness(img, comp, fg_any & ~m) > max_softness:
                 continue  # soft-edged: a cloud, not an object
             # pixels of other colours (possible occluders) and background pixels of this very colour (where the
             # object would be invisible) are ignored in the IoU
