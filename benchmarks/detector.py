@@ -779,3 +779,27 @@ def validate(seeds: Sequence[int], kind: Optional[str] = None, **kw) -> dict:
         scenes_all += int(ok_all)
     return {"objects": stats, "false_positives": fp, "fp_scenes": fp_scenes, "scenes": len(seeds),
             "scenes_all_found": scenes_all, "failures": failures}  # fmt: skip
+
+
+def main(argv=None):
+    """Print the detector's accuracy on the ground-truth scenes of a seed range."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seed0", type=int, default=20000, help="first seed (default 20000: the development range)")
+    p.add_argument("--scenes", type=int, default=200, help="number of scenes (default 200)")
+    p.add_argument("--failures", action="store_true", help="also list every object missed and every false positive")
+    args = p.parse_args(argv)
+    r = validate(range(args.seed0, args.seed0 + args.scenes))
+    print(f"seeds {args.seed0}..{args.seed0 + args.scenes - 1}, mixed scenes")
+    for key, (n, found) in r["objects"].items():
+        print(f"  {key:32s} {found:4d}/{n:<4d} {found / n:6.1%}")
+    print(f"  false positives: {r['false_positives']} in {r['scenes']} scenes")
+    if args.failures:
+        for seed, what in r["failures"]:
+            print(f"  {seed} {what}")
+    return r
+
+
+if __name__ == "__main__":
+    main()

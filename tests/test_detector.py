@@ -136,3 +136,10 @@ def test_semi_transparent_objects_on_patterned_backgrounds():
             o = scene.objects[0]
             found += det.finds(scene.image, o.shape, o.color)
     assert found >= 20, found
+
+
+def test_command_line_validation(capsys):
+    r = det.main(["--seed0", "10000", "--scenes", "3", "--failures"])
+    out = capsys.readouterr().out
+    n, found = r["objects"]["all"]
+    assert "seeds 10000..10002" in out and f"{found:4d}/{n:<4d}" in out and "false positives" in out
