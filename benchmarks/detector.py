@@ -510,6 +510,35 @@ def _mixture_residual(img: np.ndarray, bg: np.ndarray, amin: float = 0.2, amax: 
     return np.linalg.norm(p - b - a[..., None] * dvec, axis=-1).min(-1)
 
 
+def _palette_candidates(img: np.ndarray, bg: np.ndarray, tau: float, exclude: np.ndarray) -> tuple:
+    """(nearest palette colour (H,W), opaque (H,W) bool): pixels within `tau` of a palette colour, not in
+    `exclude`, and not explained clearly better as a see-through mixture over the background `bg` (purple at half
+    opacity over a light cell looks like a dark pink: such pixels are left to the transparent step)."""
+    d = _opaque_distance(img) / _TAU_SCALE
+    lab = np.argmin(d, -1)
+    dmin = np.take_along_axis(d, lab[..., None], -1)[..., 0]
+    opaque = (dmin < tau) & ~exclude
+    opaque &= ~(_mixture_residual(img, bg, amax=0.8) < np.minimum(dmin * _TAU_SCALE[lab] - 0.03, 0.03))
+    return lab, opaque
+
+
+def _regions(mask: np.ndarray, min_size: int = 20):
+    """The connected regions of `mask` with at least `min_size` pixels, as bool masks."""
+    cc, n = ndi.label(mask)
+    for r in range(1, n + 1):
+        reg = cc == r
+        if reg.sum() >= min_size:
+            yield reg
+
+
+def _paint(labels: np.ndarray, trans: np.ndarray, reg: np.ndarray, colour: np.ndarray) -> None:
+    """Label the pixels of region `reg` with `colour` (n,) as see-through, where it is not -1."""
+    ys, xs = np.nonzero(reg)
+    hit = colour >= 0
+    labels[ys[hit], xs[hit]] = colour[hit]
+    trans[ys[hit], xs[hit]] = True
+
+
 def _label_pixels_on_pattern(img: np.ndarray, bg: np.ndarray, tau: float, transparent: bool):
     """Pixel labels against a known background: only pixels the background does not explain can belong to an
     object. Returns (labels, is_transparent, bg_colour): bg_colour (H,W) is the palette colour the background
@@ -519,13 +548,7 @@ def _label_pixels_on_pattern(img: np.ndarray, bg: np.ndarray, tau: float, transp
     # a shadow darkens the background: p = k b
     k = np.clip((img * bg).sum(-1) / np.maximum((bg * bg).sum(-1), 1e-6), 0.3, 0.97)
     shadow = (np.linalg.norm(img - k[..., None] * bg, axis=-1) < 0.04) & (dev > 0.04)
-    d = _opaque_distance(img) / _TAU_SCALE
-    lab = np.argmin(d, -1)
-    dmin = np.take_along_axis(d, lab[..., None], -1)[..., 0]
-    opaque = (dmin < tau) & (dev > 0.1) & ~shadow
-    # a palette colour seen through another one (purple over a light cell looks like a dark pink): such pixels
-    # are left to the transparent step when a clearly see-through mixture explains them better
-    opaque &= ~(_mixture_residual(img, bg, amax=0.8) < np.minimum(dmin * _TAU_SCALE[lab] - 0.03, 0.03))
+    lab, opaque = _palette_candidates(img, bg, tau, exclude=(dev <= 0.1) | shadow)
     labels = np.where(opaque, lab, -1)
     d_bg = _opaque_distance(bg) / _TAU_SCALE
     bg_lab = np.argmin(d_bg, -1)
@@ -535,20 +558,12 @@ def _label_pixels_on_pattern(img: np.ndarray, bg: np.ndarray, tau: float, transp
         return labels, trans, bg_colour
     cand = (dev > 0.06) & ~ndi.binary_dilation(opaque, iterations=1) & ~shadow
     cand = ndi.binary_opening(cand, iterations=1)
-    cc, n = ndi.label(cand)
-    for r in range(1, n + 1):
-        reg = cc == r
-        if reg.sum() < 20:
-            continue
+    for reg in _regions(cand):
         P, Bk = img[reg], bg[reg]
         a = _ALPHAS[None, :, None, None]
         mix = (1 - a) * Bk[:, None, None, :] + a * _PALETTE[None, None]
         res = np.linalg.norm(P[:, None, None, :] - mix, axis=-1)  # (n, alphas, colours)
-        colour = _assign_one_opacity(res, dev[reg], tol=0.05, P=P)
-        ys, xs = np.nonzero(reg)
-        hit = colour >= 0
-        labels[ys[hit], xs[hit]] = colour[hit]
-        trans[ys[hit], xs[hit]] = True
+        _paint(labels, trans, reg, _assign_one_opacity(res, dev[reg], tol=0.05, P=P))
     return labels, trans, bg_colour
 
 
@@ -563,26 +578,19 @@ def _label_pixels(img: np.ndarray, tau: float, transparent: bool):
         return (*_label_pixels_on_pattern(img, pattern[0], tau, transparent), True)
     no_bg_colour = np.full(img.shape[:2], -1)
     d = _opaque_distance(img) / _TAU_SCALE
-    lab = np.argmin(d, -1)
-    dmin = np.take_along_axis(d, lab[..., None], -1)[..., 0]
-    opaque = dmin < tau
+    opaque = d.min(-1) < tau
     trans = np.zeros(opaque.shape, bool)
     if not transparent:
-        return np.where(opaque, lab, -1), trans, no_bg_colour, False
-    # as on patterned backgrounds: palette-like pixels that a see-through mixture over the smooth background
-    # (interpolated under them) explains clearly better are left to the transparent step
+        return np.where(opaque, np.argmin(d, -1), -1), trans, no_bg_colour, False
+    # as on patterned backgrounds, against the smooth background interpolated under the palette-like pixels
     holes = _fill_small_holes(ndi.binary_dilation(opaque, iterations=1), int(0.25 * opaque.size))
     bg0 = _estimate_background(img, holes, (3.0, 6.0, 12.0))
-    opaque &= ~(_mixture_residual(img, bg0, amax=0.8) < np.minimum(dmin * _TAU_SCALE[lab] - 0.03, 0.03))
+    lab, opaque = _palette_candidates(img, bg0, tau, exclude=~opaque)
     labels = np.where(opaque, lab, -1)
 
     cand = _transparent_candidates(img, opaque)
     excl = ndi.binary_dilation(opaque, iterations=1)
-    cc, n = ndi.label(cand)
-    for k in range(1, n + 1):
-        reg = cc == k
-        if reg.sum() < 20:
-            continue
+    for reg in _regions(cand):
         ring = ndi.binary_dilation(reg, iterations=5) & ~ndi.binary_dilation(reg, iterations=1) & ~excl & ~cand
         if ring.sum() < 8:
             continue
@@ -609,9 +617,7 @@ def _label_pixels(img: np.ndarray, tau: float, transparent: bool):
             main = int(np.bincount(best[ok]).argmax())
             over = ~ok & _over_an_object(P, main, _ALPHAS, tol=0.04)
             best[over], ok = main, ok | over
-        ys, xs = np.nonzero(reg)
-        labels[ys[ok], xs[ok]] = best[ok]
-        trans[ys[ok], xs[ok]] = True
+        _paint(labels, trans, reg, np.where(ok, best, -1))
     return labels, trans, no_bg_colour, False
 
 
@@ -795,6 +801,10 @@ def main(argv=None):
     p.add_argument("--scenes", type=int, default=200, help="number of scenes (default 200)")
     p.add_argument("--failures", action="store_true", help="also list every object missed and every false positive")
     args = p.parse_args(argv)
+    if args.scenes < 1:
+        p.error(f"--scenes must be at least 1, got {args.scenes}")
+    if args.seed0 < 0:
+        p.error(f"--seed0 must be non-negative, got {args.seed0}")
     r = validate(range(args.seed0, args.seed0 + args.scenes))
     print(f"seeds {args.seed0}..{args.seed0 + args.scenes - 1}, mixed scenes")
     for key, (n, found) in r["objects"].items():

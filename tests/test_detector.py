@@ -143,3 +143,10 @@ def test_command_line_validation(capsys):
     out = capsys.readouterr().out
     n, found = r["objects"]["all"]
     assert "seeds 10000..10002" in out and f"{found:4d}/{n:<4d}" in out and "false positives" in out
+
+
+@pytest.mark.parametrize("argv, named", [(["--scenes", "0"], "--scenes"), (["--seed0", "-5"], "--seed0")])
+def test_command_line_refuses_empty_or_negative_ranges(argv, named, capsys):
+    with pytest.raises(SystemExit):
+        det.main(argv)
+    assert named in capsys.readouterr().err
