@@ -303,6 +303,20 @@ def top_fraction_mask(attention_map: torch.Tensor, fraction: float = 0.2) -> tor
     return (flat >= threshold).float().view_as(attention_map)
 
 
+def automatic_mask(attention_map: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """The mask the user never drew, from a normalised ``(B, h, w)`` map in ``[0, 1]``, as 0/1 floats.
+
+    ``threshold=None``: the research code's region, the map's top 20% united with its part >= 0.25. A number: the
+    part of the map >= ``threshold``, grown by one pixel of the map's grid (one latent pixel), so that the soft rim
+    of the object and the near shadow are inside. The top-20% region is a fixed share of the image, larger than a
+    small object, so it reaches the neighbours; a threshold follows the object's own size.
+    """
+    if threshold is None:
+        return (top_fraction_mask(attention_map, 0.2) + (attention_map >= 0.25).float()).clamp(0, 1)
+    region = (attention_map >= threshold).float().unsqueeze(1)
+    return F.max_pool2d(region, kernel_size=3, stride=1, padding=1)[:, 0]
+
+
 def product_map(words: Sequence[torch.Tensor]) -> torch.Tensor:
     """Eq. 9's ``prod_n A_{t,k}`` over an object's (normalised) word maps."""
     result = words[0]
@@ -318,6 +332,7 @@ __all__ = [
     "aggregate_cross_attention",
     "attention_energy",
     "attention_layer_names",
+    "automatic_mask",
     "build_processors",
     "installed_processors",
     "layer_resolution",

@@ -39,6 +39,11 @@ GOOD = dict(prompt=PROMPT, target="ball", num_inference_steps=STEPS)
         ({"attention_layers": [3]}, TypeError, "`attention_layers`"),
         ({"energy": "l2"}, ValueError, "`energy`"),
         ({"gradient_weighting": "soft"}, ValueError, "`gradient_weighting`"),
+        ({"blend_outside_attention_mask": "yes"}, TypeError, "`blend_outside_attention_mask`"),
+        ({"attention_mask_threshold": 1.0}, ValueError, "`attention_mask_threshold`"),
+        ({"attention_mask_threshold": "0.4"}, TypeError, "`attention_mask_threshold`"),
+        ({"keep_input_outside_attention_mask": 1}, TypeError, "`keep_input_outside_attention_mask`"),
+        ({"keep_input_outside_attention_mask": True, "output_type": "latent"}, ValueError, "decoded images"),
         ({"inversion_method": "edict"}, ValueError, "`inversion_method`"),
         ({"output_type": "jpeg"}, ValueError, "`output_type`"),
         ({"generator": 0}, TypeError, "`generator`"),
@@ -78,6 +83,11 @@ def test_inversion_of_another_image_is_refused(pipe, inversion):
         pipe(image=other, inversion=inversion, **GOOD)
     with pytest.raises(ValueError, match="does not match"):
         pipe(image=make_test_image((48, 48)), inversion=inversion, **GOOD)
+
+
+def test_keeping_the_input_needs_the_input(pipe, inversion):
+    with pytest.raises(ValueError, match="pass `image` along with `inversion`"):
+        pipe(inversion=inversion, keep_input_outside_attention_mask=True, **GOOD)
 
 
 def test_invert_checks_its_inputs(pipe, image):

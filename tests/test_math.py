@@ -10,6 +10,7 @@ from magic_remover.attention_processors import (
     normalize_map,
     product_map,
     quantile_energy,
+    automatic_mask,
     top_fraction_mask,
 )
 from magic_remover.inversion import DDIMSchedule, classifier_optimization_step, ddim_step, predict_x0, to_epsilon
@@ -85,6 +86,18 @@ def test_top_fraction_mask_and_product_map():
     a = torch.arange(100.0).view(1, 10, 10)
     assert top_fraction_mask(a, 0.2).sum() == 20
     torch.testing.assert_close(product_map([a, torch.ones_like(a) * 2]), 2 * a)
+
+
+def test_automatic_mask_is_the_research_region_or_a_threshold_grown_by_one_pixel():
+    a = torch.arange(100.0).view(1, 10, 10) / 99
+    research = automatic_mask(a)
+    assert research.sum() == 75  # the top 20% (20 pixels) united with the part >= 0.25 (75 pixels)
+    peak = torch.zeros(1, 8, 8)
+    peak[0, 3, 4], peak[0, 6, 6] = 1.0, 0.3
+    grown = automatic_mask(peak, 0.5)
+    assert grown.sum() == 9 and grown[0, 2:5, 3:6].sum() == 9  # the 3x3 block around the peak, not the weak spot
+    assert automatic_mask(peak, 0.25).sum() == 9 + 9  # both spots
+    assert set(grown.unique().tolist()) == {0.0, 1.0} and grown.shape == peak.shape
 
 
 @pytest.mark.parametrize("size,expected", [((16, 16), {256: (16, 16), 64: (8, 8), 16: (4, 4)}),

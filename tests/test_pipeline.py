@@ -69,6 +69,24 @@ def test_mask_keeps_the_result_equal_to_the_reconstruction_outside_it(pipe, imag
     assert np.abs(out.images[0][~outside] - out.reconstructions[0][~outside]).max() > 0
 
 
+def test_keep_input_outside_the_automatic_mask(pipe, image, inversion):
+    base = dict(image=image, prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS,
+                attention_guidance_scale=GUIDANCE, output_type="np")  # fmt: skip
+    plain = pipe(**base)
+    # the tiny random model's map is diffuse: a high threshold leaves part of the image outside the mask
+    kept = pipe(**base, keep_input_outside_attention_mask=True, attention_mask_threshold=0.8)
+    source = np.asarray(image, dtype=np.float32) / 255
+    untouched = np.abs(kept.images[0] - source).max(-1) < 1e-5
+    assert 0.3 < untouched.mean() < 1, untouched.mean()  # the input's own pixels, except around the target
+    assert (np.abs(plain.images[0] - source).max(-1) < 1e-5).mean() < 0.05  # the autoencoder alone changes them
+    attention = kept.attention_maps[0]
+    assert attention[untouched].max() < 0.8 <= attention[~untouched].max()  # a pixel over the threshold is edited
+    core = attention >= 0.9  # well inside the region: the edit itself
+    assert core.any()
+    np.testing.assert_allclose(kept.images[0][core], plain.images[0][core], atol=1e-5)
+    np.testing.assert_array_equal(kept.attention_maps, plain.attention_maps)
+
+
 def test_same_generator_same_result_and_reused_inversion_matches_inline(pipe, image, inversion):
     kwargs = dict(prompt=PROMPT, target="ball", num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE,
                   output_type="np")  # fmt: skip
@@ -205,7 +223,8 @@ def test_research_code_options_run_and_differ(pipe, inversion):
     base = dict(inversion=inversion, target="ball", num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE,
                 output_type="latent")  # fmt: skip
     paper = pipe(**base).images
-    for option in ({"energy": "quantile"}, {"gradient_weighting": "binary"}, {"blend_outside_attention_mask": True}):
+    for option in ({"energy": "quantile"}, {"gradient_weighting": "binary"}, {"blend_outside_attention_mask": True},
+                   {"blend_outside_attention_mask": True, "attention_mask_threshold": 0.4}):  # fmt: skip
         other = pipe(**base, **option).images
         assert torch.isfinite(other).all() and not torch.allclose(other, paper), option
 
