@@ -37,11 +37,16 @@ def target_region(obj) -> np.ndarray:
     return obj.mask | obj.shadow_mask
 
 
+def removal_outcome(result, target, others, finds) -> dict:
+    """Why a removal failed, when it did: the target still found, another object no longer found (either or both)."""
+    target_left = bool(finds(result, target.shape, target.color))
+    others_lost = not all(finds(result, o.shape, o.color) for o in others)
+    return {"success": not target_left and not others_lost, "target_left": target_left, "others_lost": others_lost}
+
+
 def removal_success(result, target, others, finds) -> bool:
     """The detector no longer finds the target, and still finds every other object."""
-    if finds(result, target.shape, target.color):
-        return False
-    return all(finds(result, o.shape, o.color) for o in others)
+    return removal_outcome(result, target, others, finds)["success"]
 
 
 def score(result, scene, index: int, finds, dilation: int = 3) -> dict:
@@ -52,7 +57,7 @@ def score(result, scene, index: int, finds, dilation: int = 3) -> dict:
     outside = ~dilate(region, dilation)
     truth = target.without  # the scene with only the target removed: what lay behind it, occluded objects included
     return {
-        "success": removal_success(result, target, others, finds),
+        **removal_outcome(result, target, others, finds),
         "fill_psnr": psnr(result, truth, region),
         "background_psnr": psnr(result, scene.image, outside),
         "image_psnr": psnr(result, truth),

@@ -3,7 +3,8 @@
     python benchmarks/tune_embedded.py --scenes 15 --steps 20
 
 Every setting runs on the same null-text inversions; the table (printed, and written to
-``benchmarks/results/tuning.md``) gives removal success and background PSNR per setting. The chosen setting is
+``benchmarks/results/tuning.md``, or the file named by ``--output``) gives removal success, why it failed (target left,
+neighbour lost), fill and background PSNR per setting. The chosen setting is
 written by hand to the model folder's ``magic_remover_defaults.json`` (read by the ``magic-remover`` command and the
 benchmarks), with the command that justified it.
 """
@@ -31,6 +32,13 @@ def _flags(text: str) -> list[bool]:
     return [v == "1" for v in values]
 
 
+def _thresholds(text: str) -> list[float | None]:
+    try:
+        return [None if v == "none" else float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers or 'none' separated by commas, got {text!r}") from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=15)
@@ -42,7 +50,12 @@ def main(argv=None):
     parser.add_argument("--weightings", default="attention", help="gradient_weighting values, comma separated")
     parser.add_argument("--blends", default="0", type=_flags,
                         help="blend_outside_attention_mask values (0/1), comma separated (research code: 1)")
+    parser.add_argument("--thresholds", default="none", type=_thresholds,
+                        help="attention_mask_threshold values, comma separated ('none': the research code's region)")
+    parser.add_argument("--keep-input", default="0", type=_flags,
+                        help="keep_input_outside_attention_mask values (0/1), comma separated")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--output", default="tuning.md", help="file name under benchmarks/results/")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -58,20 +71,25 @@ def main(argv=None):
         [int(v) for v in args.optimization_steps.split(",")],
         args.weightings.split(","),
         args.blends,
+        args.thresholds,
+        args.keep_input,
     ))  # fmt: skip
-    totals = {setting: {"success": 0, "background": 0.0, "fill": 0.0} for setting in grid}
+    totals = {setting: {"success": 0, "target_left": 0, "others_lost": 0, "background": 0.0, "fill": 0.0}
+              for setting in grid}  # fmt: skip
     started = time.perf_counter()
     for kind, scene, index in scenes:
         inversion = pipe.invert(scene.image, scene.caption, num_inference_steps=args.steps,
                                 guidance_scale=args.guidance_scale)  # fmt: skip
         for setting in grid:
-            scale, erase_lambda, n_opt, weighting, blend = setting
-            result = pipe(inversion=inversion, target=target_phrase(scene, index), num_inference_steps=args.steps,
-                          guidance_scale=args.guidance_scale, attention_guidance_scale=scale,
-                          erase_lambda=erase_lambda, optimization_steps=n_opt,
-                          gradient_weighting=weighting, blend_outside_attention_mask=blend).images[0]  # fmt: skip
+            scale, erase_lambda, n_opt, weighting, blend, threshold, keep = setting
+            result = pipe(image=scene.image, inversion=inversion, target=target_phrase(scene, index),
+                          num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                          attention_guidance_scale=scale, erase_lambda=erase_lambda, optimization_steps=n_opt,
+                          gradient_weighting=weighting, blend_outside_attention_mask=blend,
+                          attention_mask_threshold=threshold, keep_input_outside_attention_mask=keep).images[0]  # fmt: skip
             metrics = score(result, scene, index, finds)
-            totals[setting]["success"] += metrics["success"]
+            for key in ("success", "target_left", "others_lost"):
+                totals[setting][key] += metrics[key]
             totals[setting]["background"] += metrics["background_psnr"] / len(scenes)
             totals[setting]["fill"] += metrics["fill_psnr"] / len(scenes)
         print(f"{kind} {scene.seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -85,15 +103,17 @@ def main(argv=None):
         f"{(time.perf_counter() - started) / 60:.1f} min.",
         "",
         "| attention_guidance_scale | erase_lambda | optimization_steps | gradient_weighting "
-        "| blend_outside_attention_mask | success | fill PSNR (dB) | background PSNR (dB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| blend_outside_attention_mask | attention_mask_threshold | keep_input_outside_attention_mask "
+        "| success | target left | other lost | fill PSNR (dB) | background PSNR (dB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (scale, erase_lambda, n_opt, weighting, blend), t in totals.items():
-        lines.append(f"| {scale:g} | {erase_lambda:g} | {n_opt} | {weighting} | {blend} "
-                     f"| {100 * t['success'] / len(scenes):.0f}% "
+    for (scale, erase_lambda, n_opt, weighting, blend, threshold, keep), t in totals.items():
+        rate = {key: f"{100 * t[key] / len(scenes):.0f}%" for key in ("success", "target_left", "others_lost")}
+        lines.append(f"| {scale:g} | {erase_lambda:g} | {n_opt} | {weighting} | {blend} | {threshold} | {keep} "
+                     f"| {rate['success']} | {rate['target_left']} | {rate['others_lost']} "
                      f"| {t['fill']:.2f} | {t['background']:.2f} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
-    write_result("tuning.md", table)
+    write_result(args.output, table)
 
 
 if __name__ == "__main__":

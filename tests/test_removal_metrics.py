@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.metrics import UNetPassCounter, dilate, psnr, removal_success, score  # noqa: E402
+from benchmarks.metrics import UNetPassCounter, dilate, psnr, removal_outcome, removal_success, score  # noqa: E402
 from magic_remover.scenes import make_scene  # noqa: E402
 
 
@@ -48,12 +48,27 @@ def test_an_object_left_in_place_is_a_failure_and_a_lost_neighbour_too():
     assert removal_success(scene.image, target, [other], _fake_detector({(other.shape, other.color)}))
 
 
+def test_the_outcome_says_which_way_a_removal_failed():
+    scene = make_scene(20001, size=64, num_objects=2, kind="opaque")
+    target, other = scene.objects
+    both, neither = {(o.shape, o.color) for o in scene.objects}, set()
+    only_target = {(target.shape, target.color)}
+    outcomes = {
+        name: removal_outcome(scene.image, target, [other], _fake_detector(present))
+        for name, present in [("both", both), ("neither", neither), ("only target", only_target)]
+    }
+    assert outcomes["both"] == {"success": False, "target_left": True, "others_lost": False}
+    assert outcomes["neither"] == {"success": False, "target_left": False, "others_lost": True}
+    assert outcomes["only target"] == {"success": False, "target_left": True, "others_lost": True}
+
+
 def test_score_of_the_ground_truth_is_perfect_inside_and_the_input_is_not():
     scene = make_scene(20002, size=64, num_objects=2, kind="shadow")
     target, other = scene.objects
     detector = _fake_detector({(other.shape, other.color)})
     perfect = score(target.without, scene, 0, detector)
-    assert perfect["success"] and perfect["fill_psnr"] == math.inf and perfect["image_psnr"] == math.inf
+    assert perfect["success"] and not perfect["target_left"] and not perfect["others_lost"]
+    assert perfect["fill_psnr"] == math.inf and perfect["image_psnr"] == math.inf
     untouched = score(scene.image, scene, 0, _fake_detector({(o.shape, o.color) for o in scene.objects}))
     assert not untouched["success"] and untouched["fill_psnr"] < 30 and untouched["background_psnr"] == math.inf
 
