@@ -308,7 +308,7 @@ def automatic_mask(attention_map: torch.Tensor, threshold: float | None = None) 
 
     ``threshold=None``: the research code's region, the map's top 20% united with its part >= 0.25. A number: the
     part of the map >= ``threshold``, grown by one pixel of the map's grid (one latent pixel), so that the soft rim
-    of the object and the near shadow are inside. The top-20% region is a fixed share of the image, larger than a
+    of the object is inside. The top-20% region is a fixed share of the image, larger than a
     small object, so it reaches the neighbours; a threshold follows the object's own size.
     """
     if threshold is None:

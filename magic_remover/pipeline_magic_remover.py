@@ -708,7 +708,8 @@ class MagicRemoverPipeline(
                 (default): the research code's region, the map's top 20% united with its part >= 0.25. A number in
                 ``(0, 1)``: the part of the normalised map at or above it, grown by one latent pixel. The top-20% region
                 is a fixed share of the image, so around a small object it spills onto its neighbours; a threshold
-                follows the object (0.4 for the embedded model, tuned on scenes outside its benchmark).
+                follows the object but can leave a shadow outside (``benchmarks/results/tuning.md``: on the embedded
+                model 0.3 removes more targets cleanly, with less of the shadow filled).
             keep_input_outside_attention_mask: after decoding, take the input image's own pixels outside the automatic
                 mask (the step-averaged map, upsampled bilinearly: a soft edge one latent pixel wide). The
                 autoencoder's round trip then touches nothing outside the object's region, which matters when the
@@ -886,7 +887,7 @@ class MagicRemoverPipeline(
             reconstructions = self._to_image_size(self.decode_latents_to_pixels(reconstruction_latents), image_size)
             if pixel_mask is not None:
                 images = pixel_mask * images + (1 - pixel_mask) * reconstructions
-            elif keep_input_outside_attention_mask:
+            elif keep_input_outside_attention_mask:  # not in Algorithm 1: only the target's region is decoded
                 region = automatic_mask(latent_map, attention_mask_threshold).unsqueeze(1)
                 region = F.interpolate(region, size=image_size, mode="bilinear", align_corners=False)
                 source = self._prepare_image(image, image_size).to(images.device)
