@@ -114,6 +114,12 @@ def test_training_command_runs_end_to_end_and_resumes(tmp_path):
     result = subprocess.run(command, check=True, env=env, capture_output=True, text=True, timeout=600)
     assert "resumed" in result.stdout + result.stderr
     assert json.loads((out / "training_info.json").read_text())["unet_steps"] == 2
+    # asking a finished run for more steps extends it
+    longer = [*command[:-3], "3", "--batch-size", "2"]
+    result = subprocess.run(longer, check=True, env=env, capture_output=True, text=True, timeout=600)
+    assert "extending the finished run from 2 to 3" in result.stdout + result.stderr
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["final"] and info["unet_steps"] == 3
 
     from magic_remover import MagicRemoverPipeline
 

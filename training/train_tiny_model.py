@@ -547,6 +547,11 @@ def main():
         if "scaling_factor" in state:
             vae.register_to_config(scaling_factor=state["scaling_factor"])
         log(f"resumed from {state_path}: {state}")
+        if state["stage"] == "done" and args.unet_steps > state["unet_steps_done"]:
+            # a finished run asked for more steps goes on training; the cosine learning rate restarts at the value
+            # the longer schedule has at this step
+            log(f"extending the finished run from {state['unet_steps_done']} to {args.unet_steps} UNet steps")
+            state["stage"] = "unet"
 
     # ------------------------------------------------------------ stage 1: autoencoder
     if state["stage"] == "ae":
