@@ -340,6 +340,7 @@ def main(argv=None):
     if max(seeds + attn_seeds) >= HELDOUT_SEED_LIMIT:
         p.error(f"seeds must stay below {HELDOUT_SEED_LIMIT} (held-out range)")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)  # before hours of work, not after
 
     from magic_remover import EMBEDDED_MODEL
 
