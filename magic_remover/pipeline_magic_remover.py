@@ -701,9 +701,9 @@ class MagicRemoverPipeline(
                 it; the research code computes lambda but never uses it.
             gradient_weighting: ``"attention"`` (eq. 8: the gradient times the soft map, default; keeps soft, semi
                 transparent edges soft) or ``"binary"`` (research code: times the map's top-20% region).
-            blend_outside_attention_mask: research-code option: after each step, replace the edit latent outside the
-                map's top-20% region (united with its >= 0.25 region) by the reconstruction's. Off by default: the
-                paper keeps the background through eq. 10 and the soft weighting, without a hard mask.
+            blend_outside_attention_mask: research-code option: after each guided step, replace the edit latent
+                outside the automatic mask (see ``attention_mask_threshold``) by the reconstruction's. Off by default:
+                the paper keeps the background through eq. 10 and the soft weighting, without a hard mask.
             attention_mask_threshold: where the automatic mask lies (used by the two options around it). ``None``
                 (default): the research code's region, the map's top 20% united with its part >= 0.25. A number in
                 ``(0, 1)``: the part of the normalised map at or above it, grown by one latent pixel. The top-20% region
