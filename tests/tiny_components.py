@@ -72,7 +72,9 @@ def build_word_tokenizer(directory: Path, words=WORDS, pieces=PIECES, max_length
 
 def tiny_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
     torch.manual_seed(seed)
-    tokenizer = build_word_tokenizer(Path(tempfile.mkdtemp(prefix="magic_remover_tok_")))
+    # The tokenizer holds its vocabulary in memory once loaded, so its files need not outlive this call.
+    with tempfile.TemporaryDirectory(prefix="magic_remover_tok_") as vocab_dir:
+        tokenizer = build_word_tokenizer(Path(vocab_dir))
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             bos_token_id=0,
