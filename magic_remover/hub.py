@@ -35,15 +35,34 @@ def code_files() -> list[str]:
     return ["pipeline.py", *SIBLING_MODULES, "README.md"]
 
 
+def _installed_model_card() -> Path | None:
+    """The copy that ``pip install`` puts in ``<prefix>/share/magic-remover`` (setup.cfg's ``data_files``)."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("magic-remover").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == CARD_NAME and "share" in file.parts:
+            path = Path(file.locate())
+            if path.is_file():
+                return path
+    return None
+
+
 def find_model_card() -> Path:
-    """``model_card.md`` at the repository root (one level above the package), where a source checkout has it."""
-    card = Path(__file__).resolve().parent.parent / CARD_NAME
-    if not card.is_file():
-        raise HubError(
-            f"{CARD_NAME} not found at {card}: `hub export` needs the project's source checkout "
-            "(e.g. `pip install -e .` from a clone of the repository)."
-        )
-    return card
+    """``model_card.md``: from the source checkout when running from one, else the copy installed with the package."""
+    checkout_card = Path(__file__).resolve().parent.parent / CARD_NAME
+    if checkout_card.is_file():
+        return checkout_card
+    installed_card = _installed_model_card()
+    if installed_card is not None:
+        return installed_card
+    raise HubError(
+        f"{CARD_NAME} not found (neither at {checkout_card} nor installed with the package): reinstall magic-remover, "
+        "or run from the project's source checkout (`pip install -e .` in a clone of the repository)."
+    )
 
 
 def export(directory, force: bool = False, repo_id: str | None = None) -> list[Path]:

@@ -66,6 +66,35 @@ def test_export_writes_the_code_and_the_card(code_folder):
     assert (code_folder / "README.md").read_text() == find_model_card().read_text()
 
 
+def test_an_installed_package_finds_the_card_in_its_data_files(tmp_path, monkeypatch):
+    """A wheel install has no checkout above the package: the card comes from <prefix>/share/magic-remover."""
+    from importlib import metadata
+
+    import magic_remover.hub as hub_module
+
+    prefix = tmp_path / "venv"
+    package_file = prefix / "lib" / "site-packages" / "magic_remover" / "hub.py"
+    installed_card = prefix / "share" / "magic-remover" / "model_card.md"
+    for path, text in ((package_file, ""), (installed_card, "# the installed card")):
+        path.parent.mkdir(parents=True)
+        path.write_text(text)
+
+    class InstalledFile(type(Path())):
+        def locate(self):
+            return package_file.parent.parent / self
+
+    class Distribution:
+        files = [InstalledFile("magic_remover/hub.py"), InstalledFile("../../share/magic-remover/model_card.md")]
+
+    monkeypatch.setattr(hub_module, "__file__", str(package_file))
+    monkeypatch.setattr(metadata, "distribution", lambda name: Distribution())
+    assert find_model_card().resolve() == installed_card.resolve()
+
+    installed_card.unlink()
+    with pytest.raises(hub_module.HubError, match="model_card.md not found"):
+        find_model_card()
+
+
 def test_export_refuses_a_non_empty_folder_without_force(tmp_path, capsys):
     folder = tmp_path / "code"
     folder.mkdir()
