@@ -518,6 +518,13 @@ class MagicRemoverPipeline(
                 )
             if not 0.0 < attention_mask_threshold < 1.0:
                 raise ValueError(f"`attention_mask_threshold` must be in (0, 1), got {attention_mask_threshold}.")
+        automatic_mask_used = (blend_outside_attention_mask or keep_input_outside_attention_mask) and mask_image is None
+        if attention_mask_threshold is not None and not automatic_mask_used:
+            logger.warning(
+                "`attention_mask_threshold` only shapes the automatic mask of `blend_outside_attention_mask` and "
+                "`keep_input_outside_attention_mask`, which are off or replaced by `mask_image` in this call: it has "
+                "no effect."
+            )
         if keep_input_outside_attention_mask and mask_image is None:
             if image is None:
                 raise ValueError(
@@ -704,7 +711,8 @@ class MagicRemoverPipeline(
             blend_outside_attention_mask: research-code option: after each guided step, replace the edit latent
                 outside the automatic mask (see ``attention_mask_threshold``) by the reconstruction's. Off by default:
                 the paper keeps the background through eq. 10 and the soft weighting, without a hard mask.
-            attention_mask_threshold: where the automatic mask lies (used by the two options around it). ``None``
+            attention_mask_threshold: where the automatic mask lies (used by the two options around it, and
+                without effect, with a logged warning, when neither is on). ``None``
                 (default): the research code's region, the map's top 20% united with its part >= 0.25. A number in
                 ``(0, 1)``: the part of the normalised map at or above it, grown by one latent pixel. The top-20% region
                 is a fixed share of the image, so around a small object it spills onto its neighbours; a threshold

@@ -105,3 +105,14 @@ def test_invert_checks_its_inputs(pipe, image):
         pipe.invert(image, PROMPT, early_stop_epsilon="small")
     with pytest.raises(ValueError, match="`image` as a tensor"):
         pipe.invert(torch.zeros(1, 1, 1, 3, 8, 8), PROMPT)
+
+
+def test_a_threshold_without_an_automatic_mask_is_flagged(pipe, inversion, caplog):
+    """`attention_mask_threshold` alone changes nothing; the user is told so instead of tuning a dead knob."""
+    with caplog.at_level("WARNING"):
+        pipe(inversion=inversion, attention_mask_threshold=0.4, **GOOD)
+    assert "`attention_mask_threshold`" in caplog.text and "no effect" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        pipe(inversion=inversion, attention_mask_threshold=0.4, blend_outside_attention_mask=True, **GOOD)
+    assert "`attention_mask_threshold`" not in caplog.text
