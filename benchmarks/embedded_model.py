@@ -128,6 +128,28 @@ def t2i_prompts(seeds):
     return out
 
 
+def detector_ceilings(vae, prompts):
+    """How many prompts the detector confirms on the same captions' ground-truth images, and on those images after
+    the autoencoder's round trip: what a perfect generator could at best produce once decoded."""
+    import torch
+
+    gt_ok = rec_ok = 0
+    scenes = [make_scene(seed, num_objects=len(objs), kind="opaque") for seed, _, objs in prompts]
+    for sc, (seed, cap, objs) in zip(scenes, prompts):
+        pairs = det.detect_pairs(sc.image)
+        gt_ok += int(all(o in pairs for o in objs))
+    with torch.no_grad():
+        for s in range(0, len(scenes), 50):
+            chunk = scenes[s : s + 50]
+            x = torch.from_numpy(np.stack([sc.image_array for sc in chunk]).astype(np.float32) / 127.5 - 1.0)
+            y = vae.decode(vae.encode(x.permute(0, 3, 1, 2)).latent_dist.mode()).sample.clamp(-1, 1)
+            y = ((y + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+            for im, (seed, cap, objs) in zip(y, prompts[s : s + 50]):
+                pairs = det.detect_pairs(im)
+                rec_ok += int(all(o in pairs for o in objs))
+    return gt_ok, rec_ok
+
+
 def bench_t2i(pipe, seeds, steps, guidance, batch=16, save_grid=None):
     import torch
 
@@ -165,23 +187,7 @@ def bench_t2i(pipe, seeds, steps, guidance, batch=16, save_grid=None):
             r, c = divmod(i, cols)
             grid[r * 66 + 1 : r * 66 + 65, c * 66 + 1 : c * 66 + 65] = images_all[i]
         Image.fromarray(grid).save(save_grid)
-    # detector ceilings: the same captions' ground-truth images, and those images through the model's own
-    # autoencoder (what a perfect generator could at best produce after decoding)
-    gt_ok = rec_ok = 0
-    scenes = [make_scene(seed, num_objects=len(objs), kind="opaque") for seed, _, objs in prompts]
-    for sc, (seed, cap, objs) in zip(scenes, prompts):
-        pairs = det.detect_pairs(sc.image)
-        gt_ok += int(all(o in pairs for o in objs))
-    with torch.no_grad():
-        for s in range(0, len(scenes), 50):
-            chunk = scenes[s : s + 50]
-            x = torch.from_numpy(np.stack([sc.image_array for sc in chunk]).astype(np.float32) / 127.5 - 1.0)
-            y = pipe.vae.decode(pipe.vae.encode(x.permute(0, 3, 1, 2)).latent_dist.mode()).sample.clamp(-1, 1)
-            y = ((y + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
-            for im, (seed, cap, objs) in zip(y, prompts[s : s + 50]):
-                pairs = det.detect_pairs(im)
-                rec_ok += int(all(o in pairs for o in objs))
-
+    gt_ok, rec_ok = detector_ceilings(pipe.vae, prompts)
     def frac(rows):
         return float(np.mean([all(r["hits"]) for r in rows])) if rows else float("nan")
 

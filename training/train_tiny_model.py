@@ -77,16 +77,17 @@ def log(msg: str):
 # --------------------------------------------------------------------------- models
 
 
-def build_models(vocab_size: int, bos_id: int, eos_id: int):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def build_vae(downsample: int = 4):
+    """The autoencoder: 64x64 RGB <-> 4 x (64/downsample)^2 latents; the shipped model uses downsample 4."""
+    from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(
+    blocks = {4: (32, 64, 64), 2: (32, 64)}[downsample]
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        block_out_channels=blocks,
         layers_per_block=1,
         latent_channels=LATENT_CHANNELS,
         norm_num_groups=16,
@@ -94,6 +95,22 @@ def build_models(vocab_size: int, bos_id: int, eos_id: int):
         mid_block_add_attention=False,
         scaling_factor=1.0,
     )
+
+
+def ae_loss(vae, x):
+    """Stage 1's objective: L1 + L2 reconstruction of a posterior sample, and a tiny KL. Returns (loss, l1, kl)."""
+    post = vae.encode(x).latent_dist
+    y = vae.decode(post.sample()).sample
+    l1 = (y - x).abs().mean()
+    kl = post.kl().mean()
+    return l1 + ((y - x) ** 2).mean() + 1e-6 * kl, l1, kl
+
+
+def build_models(vocab_size: int, bos_id: int, eos_id: int):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = build_vae()
     text_config = CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -576,13 +593,7 @@ def main():
         for step, x in enumerate(loader(sub, args.workers), start=start):
             for gparam in opt.param_groups:
                 gparam["lr"] = cosine_lr(step, args.ae_steps, args.ae_lr)
-            post = vae.encode(x).latent_dist
-            z = post.sample()
-            y = vae.decode(z).sample
-            l1 = (y - x).abs().mean()
-            l2 = ((y - x) ** 2).mean()
-            kl = post.kl().mean()
-            loss = l1 + l2 + 1e-6 * kl
+            loss, l1, kl = ae_loss(vae, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
