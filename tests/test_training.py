@@ -125,3 +125,17 @@ def test_training_command_runs_end_to_end_and_resumes(tmp_path):
 
     pipe = MagicRemoverPipeline.from_pretrained(str(out))
     assert pipe.unet.config.cross_attention_dim == 64
+
+
+@pytest.mark.parametrize("downsample", [4, 2])
+def test_the_autoencoder_recipe_builds_both_latent_sizes(downsample):
+    """The shipped 16x16 latent and the 32x32 one of training/latent_size_experiment.py, trained by one loss."""
+    torch.manual_seed(0)
+    vae = training.build_vae(downsample)
+    x = torch.rand(2, 3, training.IMAGE_SIZE, training.IMAGE_SIZE) * 2 - 1
+    z = vae.encode(x).latent_dist.mode()
+    assert z.shape == (2, training.LATENT_CHANNELS, training.IMAGE_SIZE // downsample, training.IMAGE_SIZE // downsample)
+    loss, l1, kl = training.ae_loss(vae, x)
+    loss.backward()
+    assert torch.isfinite(loss) and l1 > 0 and kl >= 0
+    assert all(p.grad is not None for p in vae.parameters() if p.requires_grad)
