@@ -6,11 +6,11 @@ import torch
 from magic_remover.attention_processors import (
     aggregate_cross_attention,
     attention_energy,
+    automatic_mask,
     layer_resolution,
     normalize_map,
     product_map,
     quantile_energy,
-    automatic_mask,
     top_fraction_mask,
 )
 from magic_remover.inversion import DDIMSchedule, classifier_optimization_step, ddim_step, predict_x0, to_epsilon
