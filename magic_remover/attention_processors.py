@@ -27,30 +27,42 @@ RECONSTRUCT = "reconstruct"
 EDIT = "edit"
 PASSTHROUGH = "passthrough"
 
+CFG_BATCH, CONDITIONAL, UNCONDITIONAL, SINGLE = "cfg", "conditional", "unconditional", "single"
+BATCH_LAYOUTS = (CFG_BATCH, CONDITIONAL, UNCONDITIONAL, SINGLE)
+
 
 class RemovalAttentionState:
     """What the processors share during one removal call; nothing survives the call.
 
     ``mode`` is set by the pipeline before each UNet call: ``"reconstruct"`` (record self-attention K/V, capture
     cross-attention without a graph), ``"edit"`` (swap K/V, capture with a graph) or ``"passthrough"``.
-    Every UNet call in those modes is classifier-free-guidance batched as ``[unconditional, conditional]``.
+    ``batch`` says what the UNet call's batch holds: ``"cfg"`` (classifier-free-guidance batched as
+    ``[unconditional, conditional]``), ``"conditional"`` or ``"unconditional"`` (one half alone: the edit branch
+    evaluates its unconditional half without an autograd graph), or ``"single"`` (both halves are the same
+    prediction, as in negative-prompt inversion, so one evaluation stands for both).
     """
 
     def __init__(self):
         self.mode = PASSTHROUGH
+        self.batch = CFG_BATCH
         self.self_attention_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cross_attention: dict[str, torch.Tensor] = {}
 
-    def start_pass(self, mode: str) -> None:
+    def start_pass(self, mode: str, batch: str = None) -> None:
         if mode not in (RECONSTRUCT, EDIT, PASSTHROUGH):
             raise ValueError(f"Unknown attention pass {mode!r}.")
+        batch = CFG_BATCH if batch is None else batch
+        if batch not in BATCH_LAYOUTS:
+            raise ValueError(f"Unknown batch layout {batch!r}.")
         self.mode = mode
+        self.batch = batch
         self.cross_attention = {}
         if mode == RECONSTRUCT:
             self.self_attention_kv = {}
 
     def clear(self) -> None:
         self.mode = PASSTHROUGH
+        self.batch = CFG_BATCH
         self.self_attention_kv = {}
         self.cross_attention = {}
 
@@ -129,12 +141,26 @@ class SelfAttentionKVSwapProcessor(_RemovalProcessor):
         if mode == RECONSTRUCT:
             self.state.self_attention_kv[self.name] = (key.detach(), value.detach())
         else:
-            recorded = self.state.self_attention_kv.get(self.name)
-            if recorded is None or recorded[0].shape[0] != key.shape[0]:
+            key, value = recorded_half(self.state.self_attention_kv.get(self.name), self.state.batch, key.shape[0])
+            if key is None:
                 raise RuntimeError(f"No reconstruction keys/values recorded for {self.name} before the edit pass.")
-            key, value = recorded
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
         return _finish(attn, out, residual, spatial, query.dtype)
+
+
+def recorded_half(recorded, batch_layout: str, batch_size: int):
+    """The reconstruction's recorded ``(K, V)`` rows that go with an edit pass of ``batch_size`` rows laid out as
+    ``batch_layout``; ``(None, None)`` if nothing fits. A CFG-batched recording ``[uncond, cond]`` gives one half to
+    a half-batch edit call; a single-evaluation recording (identical halves) serves any layout of its size."""
+    if recorded is None:
+        return None, None
+    key, value = recorded
+    if key.shape[0] == batch_size:
+        return key, value
+    if key.shape[0] == 2 * batch_size and batch_layout in (CONDITIONAL, UNCONDITIONAL):
+        rows = slice(batch_size, None) if batch_layout == CONDITIONAL else slice(0, batch_size)
+        return key[rows], value[rows]
+    return None, None
 
 
 class CrossAttentionCaptureProcessor(_RemovalProcessor):
@@ -148,17 +174,21 @@ class CrossAttentionCaptureProcessor(_RemovalProcessor):
         if self.state.mode == PASSTHROUGH:
             return self._passthrough(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         query, key, value, mask, residual, spatial = _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        half = query.shape[0] // 2  # [unconditional, conditional]
-        uncond = F.scaled_dot_product_attention(
-            query[:half], key[:half], value[:half], attn_mask=None if mask is None else mask[:half]
-        )
-        scores = torch.matmul(query[half:].float(), key[half:].float().transpose(-1, -2)) * attn.scale
-        if mask is not None:
-            scores = scores + mask[half:].float()
-        probs = scores.softmax(dim=-1)
-        cond = torch.matmul(probs.to(value.dtype), value[half:])
-        self.state.cross_attention[self.name] = probs.mean(dim=1)
-        return _finish(attn, torch.cat([uncond, cond]), residual, spatial, query.dtype)
+        # Rows [0, half) are unconditional (no map needed), rows [half, end) conditional (captured)
+        half = {CFG_BATCH: query.shape[0] // 2, CONDITIONAL: 0, SINGLE: 0}.get(self.state.batch, query.shape[0])
+        parts = []
+        if half > 0:
+            parts.append(F.scaled_dot_product_attention(
+                query[:half], key[:half], value[:half], attn_mask=None if mask is None else mask[:half]
+            ))  # fmt: skip
+        if half < query.shape[0]:
+            scores = torch.matmul(query[half:].float(), key[half:].float().transpose(-1, -2)) * attn.scale
+            if mask is not None:
+                scores = scores + mask[half:].float()
+            probs = scores.softmax(dim=-1)
+            parts.append(torch.matmul(probs.to(value.dtype), value[half:]))
+            self.state.cross_attention[self.name] = probs.mean(dim=1)
+        return _finish(attn, torch.cat(parts), residual, spatial, query.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -326,6 +356,11 @@ def product_map(words: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 __all__ = [
+    "BATCH_LAYOUTS",
+    "CFG_BATCH",
+    "CONDITIONAL",
+    "SINGLE",
+    "UNCONDITIONAL",
     "CrossAttentionCaptureProcessor",
     "RemovalAttentionState",
     "SelfAttentionKVSwapProcessor",
@@ -339,6 +374,7 @@ __all__ = [
     "normalize_map",
     "product_map",
     "quantile_energy",
+    "recorded_half",
     "select_layers",
     "top_fraction_mask",
     "word_maps",

@@ -17,7 +17,10 @@ import torch.nn.functional as F
 
 NoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-INVERSION_METHODS = ("null-text", "ddim", "negative-prompt")
+INVERSION_METHODS = ("null-text", "ddim", "negative-prompt", "direct")
+
+# Methods whose inversion does not depend on the CFG scale: reusing one at another ``guidance_scale`` is sound.
+SCALE_FREE_METHODS = ("ddim", "negative-prompt", "direct")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,8 +138,8 @@ class MagicRemoverInversion:
         latents: ``[T + 1, B, C, h, w]`` DDIM inversion trajectory, ``latents[0]`` the encoded image ``z_0`` and
             ``latents[k]`` the latent at ``timesteps[T - k]``.
         null_embeddings: ``[T, B, L, D]`` the unconditional embedding of each denoising step (``null_embeddings[i]``
-            goes with ``timesteps[i]``): optimised (``"null-text"``), the empty prompt's (``"ddim"``) or the prompt's
-            own (``"negative-prompt"``).
+            goes with ``timesteps[i]``): optimised (``"null-text"``), the empty prompt's (``"ddim"``,
+            ``"direct"``) or the prompt's own (``"negative-prompt"``).
         prompt_embeds: ``[B, L, D]`` the prompt's embedding.
         timesteps: the DDIM timesteps, descending.
         prompt, num_inference_steps, guidance_scale, method: the settings it was made with.
@@ -251,7 +254,7 @@ def ddim_inversion(
         trajectory.append(latents)
         if progress is not None:
             progress()
-    return torch.stack(trajectory)
+    return torch.stack(trajectory).contiguous()  # a saved and reloaded inversion then computes bit-identically
 
 
 def null_text_optimization(
@@ -295,9 +298,12 @@ def null_text_optimization(
                     f"Null-text optimisation diverged (loss {loss.item()}) at timestep {int(t)}. Try a smaller "
                     "guidance_scale, a float32 pipeline, or method='negative-prompt'."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Only the embedding is differentiated: ``loss.backward()`` would also fill ``.grad`` on every UNet weight
+            # (never used, as large as the UNet, and a change to a component the pipeline must leave untouched).
+            (gradient,) = torch.autograd.grad(loss, null_embeds)
+            null_embeds.grad = gradient
             optimizer.step()
+            null_embeds.grad = None
             loss_value = loss.item()
             if loss_value < early_stop_epsilon + i * 2e-5:
                 break
@@ -313,6 +319,21 @@ def null_text_optimization(
     return torch.stack(optimized), losses
 
 
+def direct_inversion_correction(
+    inverted_next: torch.Tensor, reconstruction_next: torch.Tensor, edit_next: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct inversion (Ju et al., "PnP Inversion", ICLR 2024): one step's correction of both branches.
+
+    ``inverted_next`` is the DDIM inversion trajectory's latent at the step's target timestep, ``reconstruction_next``
+    and ``edit_next`` the two branches' latents after the same DDIM step. The reconstruction branch is put back onto
+    the inverted trajectory (so it reconstructs exactly, by construction) and the edit branch is moved by the same
+    difference, so it loses the reconstruction's drift while keeping its own guidance. Returns
+    ``(reconstruction, edit)``.
+    """
+    correction = inverted_next.to(reconstruction_next.dtype) - reconstruction_next
+    return reconstruction_next + correction, edit_next + correction
+
+
 def timesteps_in_range(timesteps: Sequence[int], low: float, high: float) -> list[bool]:
     """Which of ``timesteps`` fall in the open interval ``(low, high)`` (the paper's ``100 < t < 800``)."""
     return [low < int(t) < high for t in timesteps]
@@ -322,10 +343,12 @@ __all__ = [
     "DDIMSchedule",
     "INVERSION_METHODS",
     "MagicRemoverInversion",
+    "SCALE_FREE_METHODS",
     "classifier_free_guidance",
     "classifier_optimization_step",
     "ddim_inversion",
     "ddim_step",
+    "direct_inversion_correction",
     "null_text_optimization",
     "predict_x0",
     "timesteps_in_range",

@@ -27,9 +27,13 @@ from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .attention_processors import (
+    CFG_BATCH,
+    CONDITIONAL,
     EDIT,
     PASSTHROUGH,
     RECONSTRUCT,
+    SINGLE,
+    UNCONDITIONAL,
     RemovalAttentionState,
     aggregate_cross_attention,
     attention_energy,
@@ -46,12 +50,14 @@ from .attention_processors import (
 )
 from .inversion import (
     INVERSION_METHODS,
+    SCALE_FREE_METHODS,
     DDIMSchedule,
     MagicRemoverInversion,
     classifier_free_guidance,
     classifier_optimization_step,
     ddim_inversion,
     ddim_step,
+    direct_inversion_correction,
     null_text_optimization,
     timesteps_in_range,
     to_epsilon,
@@ -310,13 +316,41 @@ class MagicRemoverPipeline(
         )[0]
         return to_epsilon(output.float(), latents, schedule.alpha(timestep), schedule.prediction_type)
 
-    def _cfg_epsilon(self, latents, timestep, null_embeds, prompt_embeds, guidance_scale, schedule):
-        """Algorithm 1, line 5: ``eps_t = (1 + s) eps(z_t, y) - s eps(z_t, null_t)`` in one batched UNet call."""
+    def _cfg_epsilon(self, latents, timestep, null_embeds, prompt_embeds, guidance_scale, schedule, state=None, mode=None):
+        """Algorithm 1, line 5: ``eps_t = (1 + s) eps(z_t, y) - s eps(z_t, null_t)``.
+
+        One batched UNet call ``[unconditional, conditional]``; one call of the conditional half alone when the two
+        halves are the same prediction (negative-prompt inversion: ``null_t`` is the prompt's embedding, and CFG
+        reduces to it). With ``state``, the attention pass ``mode`` is started with the batch layout used.
+        """
+        identical = null_embeds is prompt_embeds or torch.equal(null_embeds, prompt_embeds)
+        if state is not None:
+            state.start_pass(mode, SINGLE if identical else CFG_BATCH)
+        if identical:
+            return self._unet_epsilon(latents, timestep, prompt_embeds, schedule)
         noise = self._unet_epsilon(
             torch.cat([latents, latents]), timestep, torch.cat([null_embeds, prompt_embeds]), schedule
         )
         noise_uncond, noise_text = noise.chunk(2)
         return classifier_free_guidance(noise_uncond, noise_text, guidance_scale)
+
+    def _split_cfg_epsilon(self, ctx, latents, step_index, timestep):
+        """The edit branch's CFG with only the conditional half in the autograd graph.
+
+        The energy reads the conditional half's cross-attention alone, so the unconditional half is evaluated without
+        a graph (ours: the same epsilon as the batched call, less memory and no backward through that half).
+        Identical halves (negative-prompt inversion) take one evaluation.
+        """
+        null_embeds, prompt_embeds = ctx.null_embeddings[step_index], ctx.prompt_embeds
+        if null_embeds is prompt_embeds or torch.equal(null_embeds, prompt_embeds):
+            ctx.state.start_pass(EDIT, SINGLE)
+            return self._unet_epsilon(latents, timestep, prompt_embeds, ctx.schedule)
+        with torch.no_grad():
+            ctx.state.start_pass(EDIT, UNCONDITIONAL)
+            noise_uncond = self._unet_epsilon(latents.detach(), timestep, null_embeds, ctx.schedule)
+        ctx.state.start_pass(EDIT, CONDITIONAL)
+        noise_text = self._unet_epsilon(latents, timestep, prompt_embeds, ctx.schedule)
+        return classifier_free_guidance(noise_uncond, noise_text, ctx.guidance_scale)
 
     def _prepare_image(self, image, processing_size=None) -> torch.Tensor:
         height, width = processing_size if processing_size else self.image_processor.get_default_height_width(
@@ -348,12 +382,15 @@ class MagicRemoverPipeline(
             image: the image(s) to invert (PIL, numpy, tensor in ``[-1, 1]``, or a list).
             prompt: a caption that names the objects to remove later, e.g. ``"a photo of a dog on the grass"``.
             num_inference_steps: DDIM steps T; the removal call must use the same number.
-            guidance_scale: CFG scale ``w = 1 + s`` the null embeddings are optimised for; the removal call must use
-                the same one.
-            method: ``"null-text"`` (the paper: Mokady et al.'s null-text inversion, ~``num_inner_steps`` forward and
+            guidance_scale: CFG scale ``w = 1 + s`` the null embeddings are optimised for; with ``"null-text"`` the
+                removal call must use the same one (the other methods do not depend on it).
+            method: ``"direct"`` (Ju et al.'s direct inversion, "PnP Inversion", ICLR 2024: the DDIM trajectory alone,
+                T forward passes; the removal loop puts the reconstruction branch back onto it after every step and
+                moves the edit branch by the same correction, so the reconstruction is exact by construction),
+                ``"null-text"`` (the paper: Mokady et al.'s null-text inversion, ~``num_inner_steps`` forward and
                 backward passes per step), ``"ddim"`` (plain DDIM inversion, the empty prompt as null embedding: fast,
                 reconstruction drifts under CFG) or ``"negative-prompt"`` (the prompt's own embedding as null
-                embedding: forward passes only, CFG then reduces to the conditional prediction).
+                embedding: forward passes only, CFG then reduces to the conditional prediction, evaluated once).
             generator: accepted for API symmetry; inversion is deterministic (the VAE posterior's mode is used).
             num_inner_steps, early_stop_epsilon, learning_rate: null-text optimisation settings (Mokady et al.).
         """
@@ -399,7 +436,7 @@ class MagicRemoverPipeline(
                     early_stop_epsilon=early_stop_epsilon,
                     progress=bar.update,
                 )
-        elif method == "ddim":
+        elif method in ("ddim", "direct"):  # direct: the trajectory alone; the loop corrects each step onto it
             empty = self.encode_text([""] * len(prompts), device)
             null_embeddings = empty.unsqueeze(0).repeat(num_inference_steps, 1, 1, 1)
         else:  # negative-prompt inversion: the conditional embedding stands for the null one
@@ -563,7 +600,7 @@ class MagicRemoverPipeline(
 
         if inversion.num_inference_steps != num_inference_steps:
             mismatch("num_inference_steps", inversion.num_inference_steps, num_inference_steps)
-        if abs(inversion.guidance_scale - float(guidance_scale)) > 1e-6:
+        if inversion.method not in SCALE_FREE_METHODS and abs(inversion.guidance_scale - float(guidance_scale)) > 1e-6:
             mismatch("guidance_scale", inversion.guidance_scale, guidance_scale)
         if inversion.method != method:
             mismatch("method (`inversion_method`)", inversion.method, method)
@@ -596,10 +633,7 @@ class MagicRemoverPipeline(
         """
         z = latents.detach().requires_grad_(True)
         with torch.enable_grad():
-            ctx.state.start_pass(EDIT)
-            epsilon = self._cfg_epsilon(
-                z, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, ctx.guidance_scale, ctx.schedule
-            )
+            epsilon = self._split_cfg_epsilon(ctx, z, step_index, timestep)
             aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
             objects = word_maps(aggregated, ctx.token_groups)
             target_attention = sum(product_map(words) for words in objects).detach().flatten(1).mean(1)
@@ -632,9 +666,9 @@ class MagicRemoverPipeline(
 
     def _reconstruction_epsilon(self, ctx, latents, step_index, timestep):
         """The reconstruction branch: plain CFG with ``null_t``; records K_rec, V_rec and the target's map."""
-        ctx.state.start_pass(RECONSTRUCT)
         epsilon = self._cfg_epsilon(
-            latents, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, ctx.guidance_scale, ctx.schedule
+            latents, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, ctx.guidance_scale, ctx.schedule,
+            ctx.state, RECONSTRUCT,
         )
         aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
         objects = word_maps(aggregated, ctx.token_groups)
@@ -723,7 +757,8 @@ class MagicRemoverPipeline(
                 autoencoder's round trip then touches nothing outside the object's region, which matters when the
                 autoencoder is lossy. Not in the paper; off by default. Needs ``image`` and a decoded ``output_type``;
                 with ``mask_image`` the user's mask decides instead.
-            inversion_method: ``"null-text"`` (paper), ``"ddim"`` or ``"negative-prompt"``; see [`~invert`].
+            inversion_method: ``"null-text"`` (paper), ``"direct"``, ``"ddim"`` or ``"negative-prompt"``; see
+                [`~invert`].
             generator: accepted for API symmetry; the method is deterministic (DDIM with sigma = 0).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a [`MagicRemoverPipelineOutput`] (default) or a tuple ``(images, attention_maps)``.
@@ -835,9 +870,9 @@ class MagicRemoverPipeline(
                         trace_rec.append(rec_attention)
                         trace_edit.append(edit_attention)
                     elif edit_diverged:
-                        ctx.state.start_pass(EDIT)
                         eps = self._cfg_epsilon(
-                            latents, t, ctx.null_embeddings[i], ctx.prompt_embeds, ctx.guidance_scale, schedule
+                            latents, t, ctx.null_embeddings[i], ctx.prompt_embeds, ctx.guidance_scale, schedule,
+                            ctx.state, EDIT,
                         )
                         ctx.state.start_pass(PASSTHROUGH)
                         latents = ddim_step(latents, eps, eps, alpha_t, alpha_next)
@@ -845,6 +880,11 @@ class MagicRemoverPipeline(
                     reconstruction_latents = ddim_step(reconstruction_latents, eps_rec, eps_rec, alpha_t, alpha_next)
                     if not edit_diverged:
                         latents = reconstruction_latents.clone()
+                    if inversion.method == "direct":  # PnP Inversion: both branches back onto the inverted trajectory
+                        inverted_next = inversion.latents[len(timesteps) - i - 1]
+                        reconstruction_latents, latents = direct_inversion_correction(
+                            inverted_next, reconstruction_latents, latents
+                        )
 
                     if latent_mask is not None:  # appendix A.4: outside the mask, the reconstruction
                         latents = latent_mask * latents + (1 - latent_mask) * reconstruction_latents
