@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
 
 
@@ -65,27 +66,35 @@ def score(result, scene, index: int, finds, dilation: int = 3) -> dict:
 
 
 class UNetPassCounter:
-    """Counts forward and backward passes through a UNet with hooks (removed on exit)."""
+    """Counts UNet forward passes with a hook, and backward passes by watching ``torch.autograd.grad`` (removed on
+    exit). Every backward the pipeline takes goes through the UNet and through ``torch.autograd.grad``: the null-text
+    loss to the embedding, the attention energy to the latents (which never reaches the UNet's output)."""
 
     def __init__(self, unet):
         self.unet = unet
         self.forward = self.backward = 0
+        # rows: samples through the UNet (a CFG-batched call counts 2), the unit a method's minimum is stated in
+        self.forward_rows = self.backward_rows = 0
 
     def _on_forward(self, module, args, output):
         self.forward += 1
         sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-        if getattr(sample, "requires_grad", False):
-            sample.register_hook(self._on_backward)
+        self.forward_rows += int(sample.shape[0])
 
-    def _on_backward(self, grad):
+    def _counting_grad(self, outputs, inputs, *args, **kwargs):
+        first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
         self.backward += 1
-        return grad
+        self.backward_rows += int(first.shape[0])
+        return self._grad(outputs, inputs, *args, **kwargs)
 
     def __enter__(self):
         self._handle = self.unet.register_forward_hook(self._on_forward)
+        self._grad = torch.autograd.grad
+        torch.autograd.grad = self._counting_grad
         return self
 
     def __exit__(self, *exc):
+        torch.autograd.grad = self._grad
         self._handle.remove()
 
 
@@ -138,4 +147,5 @@ def measured(pipe):
         start = time.perf_counter()
         yield stats
         stats["seconds"] = time.perf_counter() - start
-    stats.update(forward=counter.forward, backward=counter.backward, peak_mib=memory.peak_mib)
+    stats.update(forward=counter.forward, backward=counter.backward, forward_rows=counter.forward_rows,
+                 backward_rows=counter.backward_rows, peak_mib=memory.peak_mib)  # fmt: skip

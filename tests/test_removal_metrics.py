@@ -77,7 +77,9 @@ def test_unet_pass_counter_counts_forward_and_backward():
     net = torch.nn.Linear(3, 3)
     with UNetPassCounter(net) as counter:
         x = torch.randn(2, 3, requires_grad=True)
-        net(x).sum().backward()
+        torch.autograd.grad(net(x).sum(), x)
         with torch.no_grad():
-            net(x)
+            net(x[:1])
     assert (counter.forward, counter.backward) == (2, 1)
+    assert (counter.forward_rows, counter.backward_rows) == (3, 2)
+    assert torch.autograd.grad is counter._grad  # restored on exit

@@ -1,0 +1,334 @@
+"""Speed benchmark: each inversion method side by side, with the passes it needs and what it costs in quality.
+
+    python benchmarks/speed.py                      # every section (embedded 64 and 128 px, SD-1.5 UNet, memory)
+    python benchmarks/speed.py --only embedded64    # one section; results of earlier sections are kept
+    python benchmarks/speed.py --only sd15 --sd-steps 3
+
+Rows per inversion method (null-text = the paper's configuration, negative-prompt, direct, ddim). Repetitions are
+interleaved (every method on one scene, then the next scene) so that machine noise hits every method alike. Writes
+``benchmarks/results/speed.md``: one table per section, with the command, machine and versions at its head. Each
+section is stored in ``benchmarks/results/speed_sections.json`` so they can be run one at a time and merged.
+
+Columns: UNet rows (samples through the UNet: a CFG-batched call counts 2) forward and backward, against the method's
+minimum for the settings; seconds for inversion and loop; total and its ratio to null-text; peak resident memory
+growth; reconstruction PSNR with attention guidance off against the autoencoder's round trip and against the input;
+removal success on held-out scenes of the removal benchmark (same detector and definition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.metrics import measured, psnr, score  # noqa: E402
+from benchmarks.removal import select_scenes, target_phrase, write_result  # noqa: E402
+
+METHODS = ["null-text", "negative-prompt", "direct", "ddim"]
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ["embedded64", "embedded128", "sd15", "gpu", "memory"]
+
+
+def minimum_rows(method: str, steps: int, guided: list[bool], optimized: list[bool], optimization_steps: int,
+                 inner_iterations: int = 0) -> tuple[int, int]:  # fmt: skip
+    """The fewest UNet rows (forward, backward) one image needs with ``method`` for these settings.
+
+    Inversion: T forwards (the DDIM trajectory); null-text adds, per step, the conditional prediction, its inner
+    iterations (a forward and a backward each) and the final pass with the optimised embedding. Loop: the
+    reconstruction branch's CFG at every step; the edit branch's CFG at each guided evaluation (one plus the
+    classifier-optimisation repetitions) and at every later step; one backward (the conditional half) per guided
+    evaluation. CFG costs one row where its two halves are the same prediction (negative-prompt), else two.
+    """
+    cfg = 1 if method == "negative-prompt" else 2
+    inversion_forward, backward = steps, 0
+    if method == "null-text":
+        inversion_forward += 2 * steps + inner_iterations
+        backward += inner_iterations
+    first_guided = guided.index(True) if any(guided) else steps
+    evaluations = sum(1 + (optimization_steps if optimized[i] else 0) for i in range(steps) if guided[i])
+    after = sum(1 for i in range(first_guided, steps) if not guided[i])
+    loop_forward = cfg * steps + cfg * (evaluations + after)
+    return inversion_forward + loop_forward, backward + evaluations
+
+
+def removal_call_settings(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "guidance_scale"}
+
+
+def run_methods(pipe, images, captions, phrases, steps, settings, success_of=None, reconstruction_scenes=0):
+    """Every method on each image in turn; returns per-method lists of measurements."""
+    from magic_remover.inversion import timesteps_in_range
+
+    guidance = settings.get("guidance_scale", 7.5)
+    call = removal_call_settings(settings)
+    records = {m: [] for m in METHODS}
+    for n, (image, caption, phrase) in enumerate(zip(images, captions, phrases)):
+        for method in METHODS:
+            with measured(pipe) as inv_cost:
+                inversion = pipe.invert(image, caption, num_inference_steps=steps, guidance_scale=guidance,
+                                        method=method)  # fmt: skip
+            with measured(pipe) as loop_cost:
+                out = pipe(image=image, target=phrase, inversion=inversion, inversion_method=method,
+                           num_inference_steps=steps, guidance_scale=guidance, output_type="pil", **call)  # fmt: skip
+            timesteps = inversion.timesteps.tolist()
+            guided = timesteps_in_range(timesteps, *call.get("guidance_timesteps", (100, 800)))
+            optimized = timesteps_in_range(timesteps, *call.get("optimization_timesteps", (500, 800)))
+            inner = inv_cost["backward_rows"] if method == "null-text" else 0
+            minimum = minimum_rows(method, steps, guided, optimized, call.get("optimization_steps", 1), inner)
+            record = {
+                "forward": inv_cost["forward_rows"] + loop_cost["forward_rows"],
+                "backward": inv_cost["backward_rows"] + loop_cost["backward_rows"],
+                "min_forward": minimum[0],
+                "min_backward": minimum[1],
+                "inversion_s": inv_cost["seconds"],
+                "loop_s": loop_cost["seconds"],
+                "peak_mib": max(inv_cost["peak_mib"], loop_cost["peak_mib"]),
+            }
+            if n < reconstruction_scenes:
+                record.update(reconstruction_psnr(pipe, image, inversion, phrase, steps, guidance, call, method))
+            if success_of is not None:
+                record["success"] = success_of(n, out.images[0])
+            records[method].append(record)
+        print(f"[{n + 1}/{len(images)}] " + ", ".join(
+            f"{m} {records[m][-1]['inversion_s'] + records[m][-1]['loop_s']:.1f}s"
+            + ("" if success_of is None else (" ok" if records[m][-1]["success"] else " --")) for m in METHODS
+        ), flush=True)  # fmt: skip
+    return records
+
+
+def reconstruction_psnr(pipe, image, inversion, phrase, steps, guidance, call, method) -> dict:
+    """PSNR of the reconstruction branch (attention guidance off) against the VAE round trip and the input."""
+    settings = {**call, "attention_guidance_scale": 0.0, "keep_input_outside_attention_mask": False,
+                "blend_outside_attention_mask": False}  # fmt: skip
+    out = pipe(image=image, target=phrase, inversion=inversion, inversion_method=method, num_inference_steps=steps,
+               guidance_scale=guidance, output_type="np", **settings)  # fmt: skip
+    z0 = inversion.latents[0].to(pipe._execution_device)
+    with torch.no_grad():
+        round_trip = pipe.image_processor.postprocess(pipe.decode_latents_to_pixels(z0), output_type="np")[0]
+    source = np.asarray(image.convert("RGB").resize(round_trip.shape[1::-1]), dtype=np.float32) / 255.0
+    return {"psnr_round_trip": psnr(out.reconstructions[0], round_trip), "psnr_input": psnr(out.reconstructions[0], source)}
+
+
+def summarise(records: dict) -> list[dict]:
+    rows = []
+    reference = None
+    for method in METHODS:
+        items = records[method]
+        mean = lambda key: float(np.mean([r[key] for r in items])) if items and key in items[0] else None  # noqa: E731
+        total = mean("inversion_s") + mean("loop_s")
+        if method == "null-text":
+            reference = total
+        rows.append({
+            "method": method, "n": len(items), "forward": mean("forward"), "min_forward": mean("min_forward"),
+            "backward": mean("backward"), "min_backward": mean("min_backward"), "inversion_s": mean("inversion_s"),
+            "loop_s": mean("loop_s"), "total_s": total, "ratio": total / reference, "peak_mib": max(r["peak_mib"] for r in items),
+            "psnr_round_trip": mean("psnr_round_trip"), "psnr_input": mean("psnr_input"),
+            "success": None if mean("success") is None else 100 * mean("success"),
+        })  # fmt: skip
+    return rows
+
+
+def format_rows(rows: list[dict]) -> list[str]:
+    def f(value, spec):
+        return "-" if value is None else (f"{value:{spec}}" if np.isfinite(value) else "inf")
+
+    lines = [
+        "| method | n | UNet rows fwd (min) | bwd (min) | inversion s | loop s | total s | x null-text | peak MiB "
+        "| rec. PSNR vs VAE round trip | vs input | success |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['n']} | {r['forward']:.0f} ({r['min_forward']:.0f}) | {r['backward']:.0f} "
+            f"({r['min_backward']:.0f}) | {r['inversion_s']:.2f} | {r['loop_s']:.2f} | {r['total_s']:.2f} "
+            f"| {r['ratio']:.2f} | {r['peak_mib']:.0f} | {f(r['psnr_round_trip'], '.1f')} | {f(r['psnr_input'], '.1f')} "
+            f"| {'-' if r['success'] is None else format(r['success'], '.0f') + '%'} |"
+        )
+    return lines
+
+
+def embedded_section(args, size: int) -> dict:
+    from benchmarks.detector import finds
+    from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
+    from magic_remover.cli import removal_settings
+
+    pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    steps, settings = removal_settings(None, args.steps)
+    settings = {k: v for k, v in settings.items() if k != "inversion_method"}
+    count = args.scenes if size == 64 else args.scenes_128
+    scenes = select_scenes(count, args.first_seed)
+    images = [scene.image if size == 64 else scene.image.resize((size, size)) for _, scene, _ in scenes]
+    captions = [scene.caption for _, scene, _ in scenes]
+    phrases = [target_phrase(scene, index) for _, scene, index in scenes]
+    success_of = None
+    if size == 64:
+        def success_of(n, result):
+            _, scene, index = scenes[n]
+            return bool(score(result, scene, index, finds)["success"])
+
+    records = run_methods(pipe, images, captions, phrases, steps, settings, success_of,
+                          reconstruction_scenes=min(args.reconstruction_scenes, count))  # fmt: skip
+    title = (f"Embedded model at {size}x{size} ({steps} steps, its shipped removal settings but the inversion, "
+             f"{count} held-out scenes from seed {args.first_seed}"
+             + (", success as in benchmarks/removal.py)" if size == 64 else ", upscaled; no success: the model and"
+                " the detector are for 64x64)"))  # fmt: skip
+    return {"title": title, "rows": summarise(records)}
+
+
+def sd15_components(tokenizer_folder: Path):
+    """Stable Diffusion 1.5's UNet, VAE and text encoder at their published configurations, random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )  # fmt: skip
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder)
+    tokenizer.model_max_length = 77  # SD's sequence length (the cost of cross-attention depends on it)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))  # fmt: skip
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+
+
+def sd15_section(args, device="cpu", size=256, dtype=torch.float32) -> dict:
+    from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
+    from magic_remover.scenes import make_scene
+
+    pipe = MagicRemoverPipeline(**sd15_components(Path(EMBEDDED_MODEL) / "tokenizer")).to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    scene = make_scene(args.first_seed, size=64, num_objects=2, kind="opaque")
+    image = scene.image.resize((size, size))
+    settings = {"guidance_scale": 7.5}  # the paper's settings: the pipeline's defaults
+    records = run_methods(pipe, [image] * args.sd_repeats, [scene.caption] * args.sd_repeats,
+                          [scene.objects[0].shape] * args.sd_repeats, args.sd_steps, settings)  # fmt: skip
+    rows = summarise(records)
+    for row in rows:
+        row["seconds_per_step"] = row["total_s"] / args.sd_steps
+    title = (f"SD-1.5-architecture UNet + VAE + text encoder (random weights) at {size}x{size}, {str(dtype)[6:]} on "
+             f"{device}, {args.sd_steps} steps, the paper's settings; seconds per step = total / steps: "
+             + ", ".join(f"{r['method']} {r['seconds_per_step']:.1f} s" for r in rows))  # fmt: skip
+    return {"title": title, "rows": rows}
+
+
+def memory_section(args) -> dict:
+    """Resident memory over 50 removals with the embedded model's defaults (direct inversion)."""
+    import psutil
+
+    from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
+    from magic_remover.cli import removal_settings
+
+    pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    steps, settings = removal_settings(None, args.steps)
+    _, scene, index = select_scenes(1, args.first_seed)[0]
+    process, rss = psutil.Process(), []
+    for _ in range(50):
+        pipe(image=scene.image, prompt=scene.caption, target=target_phrase(scene, index), num_inference_steps=steps,
+             **settings)  # fmt: skip
+        rss.append(process.memory_info().rss / 2**20)
+    grads = [n for c in pipe.components.values() if isinstance(c, torch.nn.Module)
+             for n, p in c.named_parameters() if p.grad is not None]  # fmt: skip
+    title = (f"Memory over 50 removals (embedded model, shipped defaults, {steps} steps): resident set after call 5 "
+             f"{rss[4]:.0f} MiB, after call 50 {rss[-1]:.0f} MiB (growth {rss[-1] - rss[4]:+.0f} MiB); parameters "
+             f"holding a .grad afterwards: {len(grads)}")
+    return {"title": title, "rows": []}
+
+
+def make_report(sections: dict, command: str) -> str:
+    import diffusers
+    import transformers
+
+    lines = [
+        "# Speed: inversion methods side by side",
+        "",
+        f"Command: `{command}` (sections merged from `speed_sections.json`; each section's own command is beside it).",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s); "
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}, "
+        f"Python {platform.python_version()}.",
+        "",
+        "UNet rows: samples through the UNet (a CFG-batched call counts 2); in brackets the method's minimum for "
+        "these settings (`minimum_rows`). Seconds are means per image; peak MiB is the largest resident-set growth of "
+        "one inversion or loop. Reconstruction PSNR: attention guidance off, whole image, against the autoencoder's "
+        "round trip of the input and against the input itself (the round trip's own PSNR bounds the latter). "
+        "Success: `benchmarks/removal.py`'s definition (target gone, every other object kept, same detector).",
+    ]
+    for name in SECTIONS:
+        if name not in sections:
+            continue
+        section = sections[name]
+        lines += ["", f"## {name}", "", section["title"] + ".", "", f"Section command: `{section['command']}`", ""]
+        if section["rows"]:
+            lines += format_rows(section["rows"])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="sections to run (default: all)")
+    parser.add_argument("--scenes", type=int, default=30, help="held-out scenes at 64x64 (default 30)")
+    parser.add_argument("--scenes-128", type=int, default=3, help="scenes at 128x128 (default 3)")
+    parser.add_argument("--reconstruction-scenes", type=int, default=10, help="scenes with a reconstruction PSNR")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the embedded model's)")
+    parser.add_argument("--sd-steps", type=int, default=3, help="DDIM steps for the SD-1.5 section (default 3)")
+    parser.add_argument("--sd-repeats", type=int, default=1, help="repetitions in the SD-1.5 section")
+    parser.add_argument("--first-seed", type=int, default=20000, help="first held-out seed (removal benchmark's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    store = Path(args.results) / "speed_sections.json"
+    sections = json.loads(store.read_text()) if store.is_file() else {}
+    for name in args.only or [s for s in SECTIONS if s != "gpu"]:
+        started = time.perf_counter()
+        if name == "embedded64":
+            section = embedded_section(args, 64)
+        elif name == "embedded128":
+            section = embedded_section(args, 128)
+        elif name == "sd15":
+            section = sd15_section(args)
+        elif name == "gpu":
+            if not torch.cuda.is_available():
+                section = {"title": "SD-1.5 architecture at 512x512, float16 on a GPU: not measured: no GPU", "rows": []}
+            else:
+                section = sd15_section(args, device="cuda", size=512, dtype=torch.float16)
+        else:
+            section = memory_section(args)
+        section["command"] = command
+        section["seconds"] = time.perf_counter() - started
+        sections = json.loads(store.read_text()) if store.is_file() else {}  # other sections may have finished
+        sections[name] = section
+        Path(args.results).mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(sections, indent=1, default=float) + "\n")
+    if "gpu" not in sections:
+        sections["gpu"] = {"title": "SD-1.5 architecture at 512x512, float16 on a GPU: not measured: no GPU (the "
+                                    "device tool lends none to this issue)", "rows": [], "command": command}  # fmt: skip
+    write_result("speed.md", make_report(sections, command), args.results)
+
+
+if __name__ == "__main__":
+    main()
