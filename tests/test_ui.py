@@ -132,6 +132,32 @@ def test_ui_with_a_model_that_cannot_be_loaded_is_one_line_before_serving(tmp_pa
     assert "Cannot load the model" in error and "serving" not in error
 
 
+def test_the_exported_space_app_imports_builds_and_removes_offline(tmp_path, sd_folder, monkeypatch):
+    """The Space's app.py, imported as a Space runs it (its folder on sys.path, no package needed), builds the page
+    without loading a model, then loads the checkpoint with the folder's pipeline.py and removes."""
+    import importlib.util
+
+    folder = tmp_path / "space"
+    assert main(["hub", "export", str(folder), "--space"]) == 0
+    monkeypatch.setenv("MAGIC_REMOVER_MODEL", str(sd_folder))
+    monkeypatch.setenv("MAGIC_REMOVER_STEPS", "3")
+    monkeypatch.syspath_prepend(str(folder))
+    names = ("space_app", "ui", "scenes")
+    try:
+        spec = importlib.util.spec_from_file_location("space_app", folder / "app.py")
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+        assert Path(sys.modules["ui"].__file__).parent == folder  # the Space's own copy, not the package's
+        assert isinstance(app.demo, gr.Blocks) and app.demo.remover._pipeline is None  # not loaded yet
+        result, mask, reconstruction, _ = app.demo.remover(make_test_image(), PROMPT, "ball", 0.8, 3, False, 0)
+        pipeline = app.demo.remover.pipeline
+        assert type(pipeline).__name__ == "MagicRemoverPipeline" and type(pipeline) is not MagicRemoverPipeline
+        assert result.size == mask.size == reconstruction.size == (32, 32)
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # the page in a real browser
 # ------------------------------------------------------------------------------------------------------------------
