@@ -79,7 +79,7 @@ class Remover:
         if steps is None or int(steps) < 1:
             raise gr.Error(f"steps must be a whole number >= 1, got {steps}.")
         if progress is not None:
-            progress(0, desc="loading the model")
+            progress(0, desc="starting")
         settings = {**self.settings, **mask_option(bool(keep_input_outside))}
         if erase_lambda is not None:
             settings["erase_lambda"] = float(erase_lambda)

@@ -152,7 +152,7 @@ def test_paint_by_example_paints_the_exemplar_where_the_mask_is_white(removal, p
     torch.testing.assert_close(sample[:1, 8:9], mask_channel)
     assert any(torch.allclose(pixels, masked, atol=1e-6) for pixels in encoded)
     assert painted.size == result.size and painted.mode == "RGB"
-    kept = np.asarray(VaeImageProcessor().apply_overlay(mask, result, painted), dtype=np.int16)
+    kept = np.asarray(paint_by_example.image_processor.apply_overlay(mask, result, painted), dtype=np.int16)
     white = np.asarray(mask) == 255
     assert np.array_equal(kept[~white], np.asarray(result, dtype=np.int16)[~white])
     assert np.abs(kept[white] - np.asarray(result, dtype=np.int16)[white]).mean() > 1
