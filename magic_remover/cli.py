@@ -17,6 +17,8 @@ examples:
       --model stable-diffusion-v1-5/stable-diffusion-v1-5 --save-mask dog_mask.png
   magic-remover remove scene.png --prompt "a red circle and a blue square on a striped background" \\
       --target circle -o no_circle.png                  # the embedded model (64x64 synthetic world)
+  magic-remover ui                                     # a web page on http://127.0.0.1:7860 (pip install "magic-remover[ui]")
+  magic-remover ui --model stable-diffusion-v1-5/stable-diffusion-v1-5 --host 0.0.0.0 --port 8080
 """
 
 
@@ -196,6 +198,25 @@ def command_remove(args) -> int:
     return 0
 
 
+def command_ui(args) -> int:
+    try:
+        from . import ui
+        import gradio  # noqa: F401  (the page's optional extra)
+    except ModuleNotFoundError as error:
+        if error.name != "gradio":
+            raise
+        raise CommandError('The web page needs Gradio: pip install "magic-remover[ui]"') from None
+    from .scenes import make_scene
+
+    pipe = load_pipeline(args.model, args.threads)  # before the server starts, so a bad --model is one line
+    steps, settings = removal_settings(args.model, args.steps)
+    app = ui.build_app(lambda: pipe, settings=settings, steps=steps, make_scene=make_scene,
+                       scene_size=64 if args.model is None else 512, model_name=args.model or "embedded tiny-shapes")  # fmt: skip
+    print(f"magic-remover ui: serving on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    ui.launch(app, host=args.host, port=args.port)
+    return 0
+
+
 def write_check(path: Path, force: bool, protected: list[Path]) -> None:
     for other in protected:
         if path.resolve() == Path(other).resolve():
@@ -265,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--force", action="store_true", help="overwrite existing outputs (never the input)")
     remove.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     remove.set_defaults(func=command_remove)
+
+    from .ui import DEFAULT_HOST, DEFAULT_PORT
+
+    page = sub.add_parser("ui", help='a web page to try removal in the browser (pip install "magic-remover[ui]")',
+                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    page.add_argument("--model", default=None, help="Hub id or local folder (default: the embedded model)")
+    page.add_argument("--host", default=DEFAULT_HOST, help="address to serve on (0.0.0.0 exposes the page to the network)")
+    page.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help="port to serve on")
+    page.add_argument("--steps", type=positive_int, default=None, help="the form's initial DDIM steps (default: the model's)")
+    page.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    page.set_defaults(func=command_ui)
 
     from .hub import add_hub_parser
 

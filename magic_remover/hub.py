@@ -1,7 +1,10 @@
 """``magic-remover hub export|push``: the pipeline's code as a Hugging Face Hub repository.
 
 The repository holds ``pipeline.py`` (this package's ``pipeline_magic_remover.py``), its sibling modules and a
-``README.md`` made from the project's ``model_card.md``. Anyone can then load the pipeline onto any Stable Diffusion
+``README.md`` made from the project's ``model_card.md``, and also the web page as a Hugging Face Space: ``app.py``
+(loads a checkpoint with this folder's ``pipeline.py`` as its ``custom_pipeline`` and serves ``ui.py``'s page),
+``ui.py`` and ``scenes.py`` (copies of the package's) and a ``requirements.txt``; ``export --space`` gives the README
+the Space's front matter instead of the model card's. Anyone can then load the pipeline onto any Stable Diffusion
 1.x/2.x checkpoint without installing this package::
 
     DiffusionPipeline.from_pretrained(model, custom_pipeline="<repo id>", custom_revision="<commit>",
@@ -28,11 +31,106 @@ class HubError(CommandError):
     """A problem with exporting or pushing, printed as one line without a traceback."""
 
 
+#: The page's modules, copied beside ``app.py``; they import nothing from the package.
+SPACE_MODULES = ("ui.py", "scenes.py")
+#: A Space installs these: magic-remover's own dependencies (setup.cfg's install_requires) and the ui extra's Gradio.
+SPACE_REQUIREMENTS = (
+    "diffusers>=0.29",
+    "torch>=2.1",
+    "transformers>=4.40",
+    "accelerate>=0.30",
+    "huggingface_hub>=0.23",
+    "safetensors>=0.4",
+    "numpy>=1.24",
+    "Pillow>=9.0",
+    "gradio>=5.0,<7",
+)
+#: The checkpoint the Space loads unless its ``MAGIC_REMOVER_MODEL`` variable names another.
+SPACE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+SPACE_APP = '''"""MagicRemover's web page as a Hugging Face Space (written by `magic-remover hub export`).
+
+Loads the checkpoint named by the MAGIC_REMOVER_MODEL variable (default: {model}) with this folder's
+pipeline.py as its custom pipeline, and serves the page of ui.py on it.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+from scenes import make_scene
+from ui import build_app, launch
+
+HERE = Path(__file__).resolve().parent
+MODEL = os.environ.get("MAGIC_REMOVER_MODEL", "{model}")
+STEPS = int(os.environ.get("MAGIC_REMOVER_STEPS", "50"))  # the paper's
+
+
+def load_pipeline():
+    """The removal pipeline on MODEL, loaded at the first removal (fp16 on a GPU)."""
+    cuda = torch.cuda.is_available()
+    pipe = DiffusionPipeline.from_pretrained(
+        MODEL,
+        custom_pipeline=str(HERE),  # this folder's pipeline.py, the code you read
+        trust_remote_code=True,
+        torch_dtype=torch.float16 if cuda else torch.float32,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    return pipe.to("cuda") if cuda else pipe
+
+
+demo = build_app(load_pipeline, steps=STEPS, make_scene=make_scene, scene_size=512, model_name=MODEL)
+
+if __name__ == "__main__":
+    # A Space serves on 0.0.0.0:7860; elsewhere GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose.
+    launch(demo, host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+'''
+
+SPACE_FRONT_MATTER = """---
+title: MagicRemover
+sdk: gradio
+sdk_version: {gradio_version}
+app_file: app.py
+license: apache-2.0
+tags:
+  - diffusers
+  - object-removal
+  - inpainting
+---
+"""
+
+
 def code_files() -> list[str]:
     """The files of the code repository, relative to its root."""
     from .pipeline_magic_remover import SIBLING_MODULES
 
-    return ["pipeline.py", *SIBLING_MODULES, "README.md"]
+    return ["pipeline.py", *SIBLING_MODULES, "README.md", "app.py", *SPACE_MODULES, "requirements.txt"]
+
+
+def write_space_files(directory: Path) -> None:
+    """``app.py``, the page's modules and ``requirements.txt``: what a Hugging Face Space runs."""
+    import shutil
+
+    here = Path(__file__).resolve().parent
+    for name in SPACE_MODULES:
+        shutil.copyfile(here / name, directory / name)
+    (directory / "app.py").write_text(SPACE_APP.format(model=SPACE_MODEL), encoding="utf-8")
+    (directory / "requirements.txt").write_text("\n".join(SPACE_REQUIREMENTS) + "\n", encoding="utf-8")
+
+
+def space_readme(card: str) -> str:
+    """The card with the Space's front matter (sdk, app file) in place of the model card's."""
+    from importlib import metadata
+
+    try:
+        gradio_version = metadata.version("gradio")
+    except metadata.PackageNotFoundError:
+        gradio_version = "5.0.0"  # the lowest the ui extra allows
+    body = card.split("---", 2)[2].lstrip("\n") if card.startswith("---") else card
+    return SPACE_FRONT_MATTER.format(gradio_version=gradio_version) + "\n" + body
 
 
 def _installed_model_card() -> Path | None:
@@ -65,12 +163,13 @@ def find_model_card() -> Path:
     )
 
 
-def export(directory, force: bool = False, repo_id: str | None = None) -> list[Path]:
+def export(directory, force: bool = False, repo_id: str | None = None, space: bool = False) -> list[Path]:
     """Writes the code repository into ``directory`` and returns the files written.
 
     Refuses a directory that exists and is not empty unless ``force``; with ``force`` the exported files are
     overwritten and nothing else in the directory is touched (``push`` uploads only the exported files). With
-    ``repo_id`` the README's example names that repository instead of a placeholder.
+    ``repo_id`` the README's example names that repository instead of a placeholder; with ``space`` the README
+    carries a Space's front matter, so the folder can be uploaded as a Gradio Space.
     """
     from .pipeline_magic_remover import write_pipeline_code
 
@@ -86,9 +185,10 @@ def export(directory, force: bool = False, repo_id: str | None = None) -> list[P
             "with its code by `MagicRemoverPipeline.save_pretrained`."
         )
     write_pipeline_code(directory)
+    write_space_files(directory)
     if repo_id:
         card = card.replace(REPO_ID_PLACEHOLDER, repo_id)
-    (directory / "README.md").write_text(card, encoding="utf-8")
+    (directory / "README.md").write_text(space_readme(card) if space else card, encoding="utf-8")
     return [directory / name for name in code_files()]
 
 
@@ -160,7 +260,7 @@ def push(
 
 
 def command_export(args) -> int:
-    files = export(args.dir, force=args.force, repo_id=args.repo_id)
+    files = export(args.dir, force=args.force, repo_id=args.repo_id, space=args.space)
     print(f"wrote {', '.join(f.name for f in files)} to {args.dir}")
     return 0
 
@@ -178,7 +278,10 @@ def command_push(args) -> int:
 
 HUB_EXAMPLES = """\
 examples:
-  magic-remover hub export magic-remover-hub        # pipeline.py, its modules and README.md, ready to upload
+  magic-remover hub export magic-remover-hub        # pipeline.py, its modules, README.md and the Space's app.py
+  magic-remover hub export magic-remover-space --space    # the web page as a Space, uploaded with:
+      hf repos create your-name/magic-remover-demo --type space --sdk gradio
+      hf upload your-name/magic-remover-demo magic-remover-space . --repo-type space
   magic-remover hub push your-name/magic-remover     # export and upload (token: HF_TOKEN or `hf auth login`)
   magic-remover hub push your-name/magic-remover --revision dev --dir magic-remover-hub
 """
@@ -195,6 +298,7 @@ def add_hub_parser(sub) -> argparse.ArgumentParser:
     exp.add_argument("dir", help="folder to write (must be empty or absent unless --force)")
     exp.add_argument("--force", action="store_true", help="overwrite the exported files in a non-empty folder")
     exp.add_argument("--repo-id", default=None, help="repository id to name in the README's example")
+    exp.add_argument("--space", action="store_true", help="give the README a Gradio Space's front matter (app.py)")
     exp.set_defaults(func=command_export)
 
     push_ = commands.add_parser("push", help="create the Hub repository if needed and upload the code",

@@ -526,6 +526,11 @@ class MagicRemoverPipeline(
         targets = [target] if isinstance(target, str) else target
         if not (isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) for t in targets)):
             raise TypeError(f"`target` must be a word or phrase of the prompt (str) or a non-empty list of them, got {target!r}.")
+        captions = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, (list, tuple)) else []
+        if all(isinstance(p, str) and p.strip() for p in captions):  # other prompts are refused by _check_prompt
+            for caption in self._prompts(captions):  # a target missing from the prompt is known before any inversion
+                for word in targets:
+                    find_target_tokens(self.tokenizer, caption, word)
         if not _is_number(erase_lambda):
             raise TypeError(f"`erase_lambda` must be a number in [0, 1], got {type(erase_lambda).__name__}.")
         if not 0.0 <= erase_lambda <= 1.0:

@@ -25,6 +25,7 @@ from magic_remover.cli import main
 from magic_remover.hub import find_model_card
 
 CODE_FILES = {"pipeline.py", "attention_processors.py", "inversion.py", "README.md"}
+SPACE_FILES = {"app.py", "ui.py", "scenes.py", "requirements.txt"}
 PACKAGE = Path(magic_remover.__file__).parent
 CLIENT_TIMEOUT_S = 240
 
@@ -59,11 +60,37 @@ def code_folder(tmp_path_factory):
 
 
 def test_export_writes_the_code_and_the_card(code_folder):
-    assert {p.name for p in code_folder.iterdir()} == CODE_FILES
+    assert {p.name for p in code_folder.iterdir()} == CODE_FILES | SPACE_FILES
     assert (code_folder / "pipeline.py").read_bytes() == Path(magic_remover.PIPELINE_FILE).read_bytes()
     for name in ("attention_processors.py", "inversion.py"):
         assert (code_folder / name).read_bytes() == (PACKAGE / name).read_bytes()
     assert (code_folder / "README.md").read_text() == find_model_card().read_text()
+
+
+def test_export_writes_a_space_app_whose_modules_stand_alone(code_folder):
+    import ast
+    import configparser
+
+    for name in ("ui.py", "scenes.py"):
+        assert (code_folder / name).read_bytes() == (PACKAGE / name).read_bytes()
+        tree = ast.parse((code_folder / name).read_text())
+        relative = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+        assert not relative, f"{name} imports from the package ({relative}): the Space has no package"
+    app = (code_folder / "app.py").read_text()
+    assert "custom_pipeline=str(HERE)" in app and "from ui import build_app" in app
+    config = configparser.ConfigParser()
+    config.read(PACKAGE.parent / "setup.cfg")
+    needed = config["options"]["install_requires"].split() + config["options.extras_require"]["ui"].split()
+    assert (code_folder / "requirements.txt").read_text().split() == needed
+
+
+def test_export_for_a_space_gives_the_readme_the_spaces_front_matter(tmp_path):
+    folder = tmp_path / "space"
+    assert main(["hub", "export", str(folder), "--space"]) == 0
+    readme = (folder / "README.md").read_text()
+    front, body = readme.split("---\n", 2)[1:]
+    assert "sdk: gradio\n" in front and "app_file: app.py\n" in front and "library_name" not in front
+    assert body.strip() == find_model_card().read_text().split("---\n", 2)[2].strip()
 
 
 def test_an_installed_package_finds_the_card_in_its_data_files(tmp_path, monkeypatch):
@@ -106,7 +133,7 @@ def test_export_refuses_a_non_empty_folder_without_force(tmp_path, capsys):
 
     (folder / "pipeline.py").write_text("stale")
     assert main(["hub", "export", str(folder), "--force", "--repo-id", "someone/remover"]) == 0
-    assert {p.name for p in folder.iterdir()} == CODE_FILES | {"notes.txt"}  # other files are left alone
+    assert {p.name for p in folder.iterdir()} == CODE_FILES | SPACE_FILES | {"notes.txt"}  # others left alone
     assert (folder / "pipeline.py").read_bytes() == Path(magic_remover.PIPELINE_FILE).read_bytes()
     assert 'custom_pipeline="someone/remover"' in (folder / "README.md").read_text()
 
@@ -278,7 +305,7 @@ def test_push_creates_the_repo_and_branch_and_uploads_the_export(hub, remote):
     repo = hub.repos["user/pushed-remover"]
     assert repo.private and set(repo.branches) == {"main", "dev"}
     files = hub.files("user/pushed-remover", "dev")
-    assert set(files) == CODE_FILES and hub.files("user/pushed-remover", "main") == {}
+    assert set(files) == CODE_FILES | SPACE_FILES and hub.files("user/pushed-remover", "main") == {}
     assert files["pipeline.py"] == Path(magic_remover.PIPELINE_FILE).read_bytes()
     assert 'custom_pipeline="user/pushed-remover"' in files["README.md"].decode()
     assert hub.head("user/pushed-remover", "dev") in push["stdout"]  # the commit to pin with custom_revision
