@@ -175,8 +175,29 @@ def embedded_section(args, size: int) -> dict:
             _, scene, index = scenes[n]
             return bool(score(result, scene, index, finds)["success"])
 
-    records = run_methods(pipe, images, captions, phrases, steps, settings, success_of,
-                          reconstruction_scenes=min(args.reconstruction_scenes, count))  # fmt: skip
+    # Scene by scene, each scene's measurements appended to a checkpoint: a rerun resumes, and ``--shard i/n``
+    # processes share the scenes (the report is written by a run without --shard once all are done)
+    checkpoint = Path(args.results) / f"speed_embedded{size}_scenes.jsonl"
+    done = {}
+    if checkpoint.is_file():
+        for line in checkpoint.read_text().splitlines():
+            entry = json.loads(line)
+            done[entry["scene"]] = entry["records"]
+    shard, shards = args.shard
+    for n in range(count):
+        if n in done or n % shards != shard:
+            continue
+        scene_success = None if success_of is None else (lambda _, result, n=n: success_of(n, result))
+        scene_records = run_methods(pipe, images[n : n + 1], captions[n : n + 1], phrases[n : n + 1], steps, settings,
+                                    scene_success, reconstruction_scenes=int(n < args.reconstruction_scenes))  # fmt: skip
+        with checkpoint.open("a") as f:
+            f.write(json.dumps({"scene": n, "records": scene_records}, default=float) + "\n")
+        done[n] = scene_records
+    if len(done) < count and not args.partial:
+        return None  # other shards still running
+    finished = sorted(done)
+    records = {m: [r for n in finished for r in done[n][m]] for m in METHODS}
+    count = len(finished)
     title = (f"Embedded model at {size}x{size} ({steps} steps, its shipped removal settings but the inversion, "
              f"{count} held-out scenes from seed {args.first_seed}"
              + (", success as in benchmarks/removal.py)" if size == 64 else ", upscaled; no success: the model and"
@@ -235,7 +256,7 @@ def sd15_section(args, device="cpu", size=256, dtype=torch.float32) -> dict:
 
 
 def memory_section(args) -> dict:
-    """Resident memory over 50 removals with the embedded model's defaults (direct inversion)."""
+    """Resident memory over 50 removals with the embedded model's settings and direct inversion."""
     import psutil
 
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
@@ -244,6 +265,7 @@ def memory_section(args) -> dict:
     pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     steps, settings = removal_settings(None, args.steps)
+    settings["inversion_method"] = "direct"
     _, scene, index = select_scenes(1, args.first_seed)[0]
     process, rss = psutil.Process(), []
     for _ in range(50):
@@ -252,7 +274,7 @@ def memory_section(args) -> dict:
         rss.append(process.memory_info().rss / 2**20)
     grads = [n for c in pipe.components.values() if isinstance(c, torch.nn.Module)
              for n, p in c.named_parameters() if p.grad is not None]  # fmt: skip
-    title = (f"Memory over 50 removals (embedded model, shipped defaults, {steps} steps): resident set after call 5 "
+    title = (f"Memory over 50 removals (embedded model, its settings, direct inversion, {steps} steps): resident set after call 5 "
              f"{rss[4]:.0f} MiB, after call 50 {rss[-1]:.0f} MiB (growth {rss[-1] - rss[4]:+.0f} MiB); parameters "
              f"holding a .grad afterwards: {len(grads)}")
     return {"title": title, "rows": []}
@@ -297,6 +319,10 @@ def main(argv=None):
     parser.add_argument("--sd-repeats", type=int, default=1, help="repetitions in the SD-1.5 section")
     parser.add_argument("--first-seed", type=int, default=20000, help="first held-out seed (removal benchmark's)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--partial", action="store_true",
+                        help="summarise the scenes the checkpoint holds even if some are missing (the table says how many)")
+    parser.add_argument("--shard", type=lambda v: tuple(int(x) for x in v.split("/")), default=(0, 1),
+                        help="i/n: run only scenes with index %% n == i of the embedded sections (checkpointed)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -318,6 +344,9 @@ def main(argv=None):
                 section = sd15_section(args, device="cuda", size=512, dtype=torch.float16)
         else:
             section = memory_section(args)
+        if section is None:
+            print(f"{name}: this shard's scenes are done; run without --shard once every shard has finished")
+            continue
         section["command"] = command
         section["seconds"] = time.perf_counter() - started
         sections = json.loads(store.read_text()) if store.is_file() else {}  # other sections may have finished
