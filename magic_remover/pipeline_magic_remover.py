@@ -738,8 +738,12 @@ class MagicRemoverPipeline(
                 (paper: 100 < t < 800).
             optimization_timesteps: ``(t1, t2)``, where classifier optimisation (eq. 12) runs (paper: 500 < t < 800).
             optimization_steps: N of Algorithm 1, re-noising repetitions per step inside ``optimization_timesteps``.
-            attention_layers: cross-attention layers that feed ``A_{t,k}``: ``"all"`` (paper: all resolutions) or a
-                list of layer-name fragments such as ``["up_blocks", "mid_block"]``.
+            attention_layers: cross-attention layers that feed ``A_{t,k}``: ``"all"`` (paper: all resolutions), or
+                exact names of layers or of the modules holding them, such as ``["up_blocks", "mid_block"]`` or
+                ``"up_blocks.1.attentions.0.transformer_blocks.0.attn2"`` (``.processor`` suffix optional), compared
+                component by component (``"up_blocks.1"`` never selects ``"up_blocks.10"``). A pattern only when asked
+                for: ``re.compile(...)`` or ``"re:<regex>"``, matched on whole dot-separated components. Unknown names
+                raise ``ValueError``; see :func:`~attention_processors.select_layers`.
             self_attention_guidance: eq. 10, the edit branch attends to the reconstruction branch's keys and values
                 (paper). ``False`` is an ablation.
             energy: ``"paper"`` (eq. 7, default) or ``"quantile"`` (the authors' research code: squared distance from
