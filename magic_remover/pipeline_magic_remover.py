@@ -22,6 +22,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
@@ -291,10 +292,14 @@ class MagicRemoverPipeline(
         return embeds.float()
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Algorithm 1, line 1: ``z_0 = E(x_0)``, the posterior mode (deterministic, as inversion wants)."""
+        """Algorithm 1, line 1: ``z_0 = E(x_0)``, deterministic as inversion wants.
+
+        Any VAE diffusers pairs with Stable Diffusion: the posterior's mode where the encoder gives a distribution
+        (``AutoencoderKL``, ``AsymmetricAutoencoderKL``, ``ConsistencyDecoderVAE``), its ``.latents`` where it gives
+        none (``AutoencoderTiny``); the choice is diffusers' own ``retrieve_latents``, as its img2img pipelines make it.
+        """
         image = image.to(device=self._execution_device, dtype=self.vae.dtype)
-        posterior = self.vae.encode(image).latent_dist
-        latents = posterior.mode().float()
+        latents = retrieve_latents(self.vae.encode(image), sample_mode="argmax").float()
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
 
