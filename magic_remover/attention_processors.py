@@ -10,7 +10,7 @@ Two processors, installed only on the layers that need them and only for the dur
 
 Both read one :class:`RemovalAttentionState`, created per call and dropped after it (Prompt-to-Prompt's
 ``AttentionStore`` made stateless per call). Outside the reconstruction and edit passes they defer to the processor
-they replaced, so LoRA, IP-Adapter or sliced processors keep working. :func:`installed_processors` restores every
+they replaced, so LoRA or sliced processors keep working. :func:`installed_processors` restores every
 original processor in ``finally``, also when the call raises.
 """
 

@@ -25,7 +25,7 @@ from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
 from .attention_processors import (
     CFG_BATCH,
@@ -219,14 +219,17 @@ class MagicRemoverPipeline(
     r"""
     Text-guided, mask-free object removal with a Stable Diffusion 1.x/2.x checkpoint (MagicRemover).
 
-    Same components and ``__init__`` signature as [`StableDiffusionPipeline`], so ``from_pretrained`` and
-    ``from_pipe`` work with any SD 1.x/2.x model. The pipeline never changes its components: attention processors are
+    The components of [`StableDiffusionPipeline`] less its ``image_encoder``, so ``from_pretrained`` and
+    ``from_pipe`` work with any SD 1.x/2.x model (an ``image_encoder`` there is left out). IP-Adapter is not
+    supported: its image tokens would have to pass through both branches' attention processors, and no IP-Adapter
+    weights can be had to test that offline, so the component is not registered rather than registered and unused
+    (``feature_extractor`` stays, for the safety checker). The pipeline never changes its components: attention processors are
     set only on the layers the method needs and restored after each call (also when it raises), and the scheduler is
     only read (the method runs its DDIM steps from the scheduler's config).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    _optional_components = ["safety_checker", "feature_extractor"]
     _exclude_from_cpu_offload = ["safety_checker"]
     _callback_tensor_inputs = ["latents", "reconstruction_latents", "prompt_embeds"]
 
@@ -239,7 +242,6 @@ class MagicRemoverPipeline(
         scheduler: KarrasDiffusionSchedulers,
         safety_checker=None,
         feature_extractor: CLIPImageProcessor = None,
-        image_encoder: CLIPVisionModelWithProjection = None,
         requires_safety_checker: bool = True,
     ):
         super().__init__()
@@ -253,7 +255,6 @@ class MagicRemoverPipeline(
             scheduler=scheduler,
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
-            image_encoder=image_encoder,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
