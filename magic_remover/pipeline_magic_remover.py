@@ -241,9 +241,9 @@ class MagicRemoverPipeline(
 
     The components of [`StableDiffusionPipeline`] less its ``image_encoder``, so ``from_pretrained`` and
     ``from_pipe`` work with any SD 1.x/2.x model (an ``image_encoder`` there is left out). IP-Adapter is not
-    supported: its image tokens would have to pass through both branches' attention processors, and no IP-Adapter
-    weights can be had to test that offline, so the component is not registered rather than registered and unused
-    (``feature_extractor`` stays, for the safety checker). The pipeline never changes its components: attention processors are
+    supported: its image tokens enter through its own attention processors, which this pipeline's replace on the
+    layers it guides, so the adapter would be ignored there; rather than a registered component that does nothing,
+    there is none (``feature_extractor`` stays, for the safety checker). The pipeline never changes its components: attention processors are
     set only on the layers the method needs and restored after each call (also when it raises), and the scheduler is
     only read (the method runs its DDIM steps from the scheduler's config).
     """
