@@ -272,7 +272,9 @@ def select_layers(names: Sequence[str], selection, argument: str) -> list[str]:
             f"{examples}, or a pattern as 're:<regex>' or re.compile(...)."
         )
     if empty:
-        raise ValueError(f"`{argument}`: the pattern(s) {empty} match none of the UNet's attention layers, e.g. {examples}.")
+        raise ValueError(
+            f"`{argument}`: the pattern(s) {empty} match none of the UNet's attention layers, e.g. {examples}."
+        )
     return [name for name in names if name in chosen]
 
 

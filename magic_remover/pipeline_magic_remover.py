@@ -133,7 +133,9 @@ def _negative_prompts(negative_prompt, prompt, batch: int) -> list[str]:
     if negative_prompt is None:
         return [""] * batch
     if prompt is not None and type(prompt) is not type(negative_prompt):
-        raise TypeError(f"`negative_prompt` must be of the same type as `prompt`, got {type(negative_prompt).__name__}.")
+        raise TypeError(
+            f"`negative_prompt` must be of the same type as `prompt`, got {type(negative_prompt).__name__}."
+        )
     negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negatives) != batch:
         raise ValueError(f"`negative_prompt` has {len(negatives)} entries but `prompt` has {batch}.")
@@ -243,9 +245,11 @@ class MagicRemoverPipeline(
     ``from_pipe`` work with any SD 1.x/2.x model (an ``image_encoder`` there is left out). IP-Adapter is not
     supported: its image tokens enter through its own attention processors, which this pipeline's replace on the
     layers it guides, so the adapter would be ignored there; rather than a registered component that does nothing,
-    there is none (``feature_extractor`` stays, for the safety checker). The pipeline never changes its components: attention processors are
-    set only on the layers the method needs and restored after each call (also when it raises), and the scheduler is
-    only read (the method runs its DDIM steps from the scheduler's config).
+    there is none (``feature_extractor`` stays, for the safety checker).
+
+    The pipeline never changes its components: attention processors are set only on the layers the method needs and
+    restored after each call (also when it raises), and the scheduler is only read (the method runs its DDIM steps from
+    the scheduler's config).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -376,12 +380,15 @@ class MagicRemoverPipeline(
     def _encode_tokens(self, prompts: list[str], device, clip_skip, max_length=None) -> torch.Tensor:
         """The text encoder's hidden states for ``prompts`` padded to ``max_length`` (the tokenizer's by default)."""
         max_length = max_length or self.tokenizer.model_max_length
-        inputs = self.tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        inputs = self.tokenizer(
+            prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
         untruncated = self.tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
         if untruncated.shape[-1] > inputs.input_ids.shape[-1]:
             removed = self.tokenizer.batch_decode(untruncated[:, max_length - 1 : -1])
             logger.warning(f"Only the first {max_length} tokens of the prompt are used; left out: {removed}")
-        mask = inputs.attention_mask.to(device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+        uses_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = inputs.attention_mask.to(device) if uses_mask else None
         ids = inputs.input_ids.to(device)
         if clip_skip is None:
             return self.text_encoder(ids, attention_mask=mask)[0]
@@ -523,7 +530,9 @@ class MagicRemoverPipeline(
         batch, image_size = _image_batch_and_size(image, "image")
         prompts = self._check_prompt(prompt, batch)
         if prompt_embeds is not None and prompt_embeds.shape[0] != batch:
-            raise ValueError(f"`prompt_embeds` has a batch of {prompt_embeds.shape[0]} but {batch} image(s) were given.")
+            raise ValueError(
+                f"`prompt_embeds` has a batch of {prompt_embeds.shape[0]} but {batch} image(s) were given."
+            )
 
         device = self._execution_device
         schedule = DDIMSchedule.from_scheduler_config(self.scheduler.config, num_inference_steps)
@@ -643,13 +652,19 @@ class MagicRemoverPipeline(
             if not isinstance(clip_skip, int) or isinstance(clip_skip, bool):
                 raise TypeError(f"`clip_skip` must be None or an int, got {clip_skip!r}.")
             if not 0 <= clip_skip < layers:
-                raise ValueError(f"`clip_skip` must be in [0, {layers - 1}] for this {layers}-layer text encoder, got {clip_skip}.")
+                raise ValueError(
+                    f"`clip_skip` must be in [0, {layers - 1}] for this {layers}-layer text encoder, got {clip_skip}."
+                )
         if cross_attention_kwargs is not None:
             if not isinstance(cross_attention_kwargs, dict):
-                raise TypeError(f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}.")
+                raise TypeError(
+                    f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}."
+                )
             scale = cross_attention_kwargs.get("scale", 1.0)
             if not (_is_number(scale) and math.isfinite(scale)):
-                raise ValueError(f"`cross_attention_kwargs['scale']` (the LoRA scale) must be a finite number, got {scale!r}.")
+                raise ValueError(
+                    f"`cross_attention_kwargs['scale']` (the LoRA scale) must be a finite number, got {scale!r}."
+                )
 
     def check_inputs(
         self,
@@ -791,8 +806,11 @@ class MagicRemoverPipeline(
     def _check_inversion_text_matches(self, inversion, prompt_embeds, clip_skip, cross_attention_kwargs):
         """What the inversion's embeddings and trajectory depend on besides ``_check_inversion_matches``' settings."""
         lora_scale = float((cross_attention_kwargs or {}).get("scale", 1.0))
-        for what, made, used in [("clip_skip", inversion.clip_skip, clip_skip),
-                                 ("cross_attention_kwargs['scale'] (LoRA scale)", inversion.lora_scale, lora_scale)]:  # fmt: skip
+        recorded = [
+            ("clip_skip", inversion.clip_skip, clip_skip),
+            ("cross_attention_kwargs['scale'] (LoRA scale)", inversion.lora_scale, lora_scale),
+        ]
+        for what, made, used in recorded:
             if made != used:
                 raise ValueError(
                     f"`inversion` was made with {what}={made!r} but this call uses {used!r}; call with the "
@@ -851,8 +869,8 @@ class MagicRemoverPipeline(
     def _reconstruction_epsilon(self, ctx, latents, step_index, timestep):
         """The reconstruction branch: plain CFG with ``null_t``; records K_rec, V_rec and the target's map."""
         epsilon = self._cfg_epsilon(
-            latents, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, self._step_guidance_scale, ctx.schedule,
-            ctx.state, RECONSTRUCT,
+            latents, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, self._step_guidance_scale,
+            ctx.schedule, ctx.state, RECONSTRUCT,
         )
         aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
         objects = word_maps(aggregated, ctx.token_groups)
@@ -978,7 +996,9 @@ class MagicRemoverPipeline(
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        self._check_text_inputs(prompt, prompt_embeds, clip_skip, cross_attention_kwargs, num_images_per_prompt, inversion)
+        self._check_text_inputs(
+            prompt, prompt_embeds, clip_skip, cross_attention_kwargs, num_images_per_prompt, inversion
+        )
         targets = self.check_inputs(
             image, prompt, target, mask_image, inversion, num_inference_steps, guidance_scale, erase_lambda,
             attention_guidance_scale, guidance_timesteps, optimization_timesteps, optimization_steps, energy,

@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.callbacks import SDCFGCutoffCallback
 from tiny_components import make_test_image, tiny_components
 
-from magic_remover import MagicRemoverPipeline
+from magic_remover import MagicRemoverInversion, MagicRemoverPipeline
 
 STEPS = 4
 REMOVAL = dict(target="ball", num_inference_steps=STEPS, inversion_method="ddim", attention_guidance_scale=50.0,
@@ -98,7 +98,7 @@ def test_encode_prompt_is_stable_diffusions(pipe, clip_skip, copies):
         torch.testing.assert_close(mine, sd, atol=0, rtol=0)
 
 
-def test_clip_skip_changes_the_inversions_embeddings_as_in_sd_and_is_checked_on_reuse(pipe):
+def test_clip_skip_changes_the_inversions_embeddings_as_in_sd_and_is_checked_on_reuse(pipe, tmp_path):
     plain, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
     with _sd(pipe) as sd:
         skipped, _ = sd.encode_prompt(PROMPT, "cpu", 1, False, clip_skip=1)
@@ -106,6 +106,8 @@ def test_clip_skip_changes_the_inversions_embeddings_as_in_sd_and_is_checked_on_
     inversion = pipe.invert(make_test_image(), PROMPT, num_inference_steps=3, method="ddim", clip_skip=1)
     torch.testing.assert_close(inversion.prompt_embeds, skipped.float(), atol=0, rtol=0)
     assert inversion.clip_skip == 1
+    inversion.save(tmp_path / "skipped.safetensors")
+    assert MagicRemoverInversion.load(tmp_path / "skipped.safetensors").clip_skip == 1
     with pytest.raises(ValueError, match="clip_skip=1"):
         pipe(inversion=inversion, target="ball", num_inference_steps=3, inversion_method="ddim")
     out = pipe(inversion=inversion, target="ball", num_inference_steps=3, inversion_method="ddim", clip_skip=1,
@@ -176,7 +178,7 @@ def _lora_scalings(pipeline):
             for name, module in getattr(pipeline, component).named_modules() if hasattr(module, "scaling")}  # fmt: skip
 
 
-def test_lora_scale_through_cross_attention_kwargs():
+def test_lora_scale_through_cross_attention_kwargs(tmp_path):
     peft = pytest.importorskip("peft")
     base, remover = _fresh(), _fresh()
     torch.manual_seed(1)
@@ -196,6 +198,8 @@ def test_lora_scale_through_cross_attention_kwargs():
     full = remover(image=image, prompt=PROMPT, **run)
     assert (half.images - off.images).abs().max() > 1e-3 and (full.images - half.images).abs().max() > 1e-3
     assert half.inversion.lora_scale == 0.5 and full.inversion.lora_scale == 1.0
+    half.inversion.save(tmp_path / "half.safetensors")
+    assert MagicRemoverInversion.load(tmp_path / "half.safetensors").lora_scale == 0.5
     with pytest.raises(ValueError, match="LoRA scale"):
         remover(inversion=half.inversion, **run)
     assert _lora_scalings(remover) == scalings  # scaled and unscaled as SD does
