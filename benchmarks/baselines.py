@@ -81,8 +81,7 @@ def blended_latent_diffusion(pipe, image: Image.Image, mask: np.ndarray, prompt:
     latent_mask = (latent_mask > 0).float()  # Blended Latent Diffusion dilates the mask to the latent grid
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(z0.shape, generator=generator).to(device)
-    text = pipe.encode_text([prompt], device)
-    empty = pipe.encode_text([""], device)
+    text, empty = pipe.encode_prompt([prompt], device, 1, True)
     latents = noise.clone()
     for i, t in enumerate(schedule.timesteps):
         eps = pipe._cfg_epsilon(latents, t, empty, text, guidance_scale, schedule)

@@ -10,13 +10,14 @@ Two processors, installed only on the layers that need them and only for the dur
 
 Both read one :class:`RemovalAttentionState`, created per call and dropped after it (Prompt-to-Prompt's
 ``AttentionStore`` made stateless per call). Outside the reconstruction and edit passes they defer to the processor
-they replaced, so LoRA, IP-Adapter or sliced processors keep working. :func:`installed_processors` restores every
+they replaced, so LoRA or sliced processors keep working. :func:`installed_processors` restores every
 original processor in ``finally``, also when the call raises.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from contextlib import contextmanager
 from typing import Iterable, Sequence
 
@@ -205,22 +206,76 @@ def attention_layer_names(unet) -> tuple[list[str], list[str]]:
     return self_names, cross_names
 
 
+PATTERN_PREFIX = "re:"
+
+
+def _layer_path(name: str) -> str:
+    return name[: -len(".processor")] if name.endswith(".processor") else name
+
+
+def _on_component_boundaries(pattern: re.Pattern) -> re.Pattern:
+    """``pattern`` required to start where a dot-separated component starts and to end where one ends."""
+    return re.compile(rf"(?:^|(?<=\.))(?:{pattern.pattern})(?=\.|$)", pattern.flags)
+
+
 def select_layers(names: Sequence[str], selection, argument: str) -> list[str]:
-    """Filters layer names by ``"all"`` or an iterable of name fragments such as ``["up_blocks", "mid_block"]``."""
-    if selection is None or selection == "all":
-        chosen = list(names)
-    elif isinstance(selection, str):
-        chosen = [n for n in names if selection in n]
-    else:
-        fragments = list(selection)
-        if not all(isinstance(f, str) for f in fragments):
-            raise TypeError(f"`{argument}` must be 'all' or a list of layer-name fragments (str), got {selection!r}.")
-        chosen = [n for n in names if any(f in n for f in fragments)]
-    if not chosen:
-        raise ValueError(
-            f"`{argument}`={selection!r} matches none of the UNet's attention layers; names look like {names[:2]}."
+    """The names of ``names`` (processor names, as in ``unet.attn_processors``) that ``selection`` picks, in order.
+
+    ``selection`` is ``"all"`` (or ``None``), or one item or a list of items, each of them
+
+    * an exact name: a layer (``"up_blocks.1.attentions.0.transformer_blocks.0.attn2"``, with or without the
+      ``.processor`` suffix) or a module that holds layers (``"up_blocks"``, ``"up_blocks.1"``, ``"mid_block"``),
+      which picks every layer inside it. Names are compared component by component, so ``"up_blocks.1"`` never picks
+      ``"up_blocks.10"``; a name that is neither raises ``ValueError`` naming it;
+    * a pattern, only when asked for one: a compiled ``re.Pattern`` or a string prefixed ``"re:"``. It must match
+      whole dot-separated components of a layer's path, from the start of one to the end of one, so
+      ``"re:attentions\\.0"`` picks ``...attentions.0...`` but not ``...attentions.01...``, and ``"re:blocks\\.1"``
+      does not match inside ``up_blocks.1``. A pattern that picks nothing raises ``ValueError``.
+
+    Ours: diffusers' PAG pipelines match fragments as substrings (``"blocks.1"`` also picks ``"blocks.10"``).
+    """
+    if selection is None or (isinstance(selection, str) and selection == "all"):
+        return list(names)
+    items = [selection] if isinstance(selection, (str, re.Pattern)) else selection
+    try:
+        items = list(items)
+    except TypeError:
+        items = None
+    if not items or not all(isinstance(item, (str, re.Pattern)) for item in items):
+        raise TypeError(
+            f"`{argument}` must be 'all', a layer or module name, a pattern (re.compile(...) or 're:...'), or a "
+            f"non-empty list of them, got {selection!r}."
         )
-    return chosen
+    paths = {name: _layer_path(name) for name in names}
+    modules = {".".join(path.split(".")[:k]) for path in paths.values() for k in range(1, path.count(".") + 2)}
+    chosen, unknown, empty = set(), [], []
+    for item in items:
+        if isinstance(item, str) and not item.startswith(PATTERN_PREFIX):
+            path = _layer_path(item)
+            if path not in modules:
+                unknown.append(item)
+            chosen.update(n for n, p in paths.items() if p == path or p.startswith(path + "."))
+            continue
+        try:
+            pattern = re.compile(item[len(PATTERN_PREFIX) :]) if isinstance(item, str) else item
+        except re.error as error:
+            raise ValueError(f"`{argument}` pattern {item!r} is not a valid regular expression: {error}.") from None
+        anchored = _on_component_boundaries(pattern)
+        picked = {n for n, p in paths.items() if anchored.search(p)}
+        if not picked:
+            empty.append(item if isinstance(item, str) else f"re.compile({pattern.pattern!r})")
+        chosen |= picked
+    examples = sorted({p.split(".")[0] for p in paths.values()}) + [_layer_path(names[0])] if names else []
+    if unknown:
+        raise ValueError(
+            f"`{argument}`: {unknown} name no attention layer or module of the UNet. Give exact names such as "
+            f"{examples}, or a pattern as 're:<regex>' or re.compile(...)."
+        )
+    if empty:
+        raise ValueError(
+            f"`{argument}`: the pattern(s) {empty} match none of the UNet's attention layers, e.g. {examples}."
+        )
+    return [name for name in names if name in chosen]
 
 
 @contextmanager

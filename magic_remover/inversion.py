@@ -145,6 +145,8 @@ class MagicRemoverInversion:
         prompt, num_inference_steps, guidance_scale, method: the settings it was made with.
         image_size: ``(height, width)`` of the input image; processing_size: the size it was encoded at.
         final_losses: the null-text loss at the last inner iteration of each step (empty for other methods).
+        clip_skip, lora_scale: how the prompt was encoded and the UNet ran (``clip_skip`` and
+            ``cross_attention_kwargs["scale"]`` of the call); a removal reusing the inversion must match them.
     """
 
     latents: torch.Tensor
@@ -158,6 +160,8 @@ class MagicRemoverInversion:
     image_size: tuple[int, int]
     processing_size: tuple[int, int]
     final_losses: list[float] = field(default_factory=list)
+    clip_skip: int | None = None
+    lora_scale: float = 1.0
 
     @property
     def batch_size(self) -> int:
@@ -179,6 +183,8 @@ class MagicRemoverInversion:
             image_size=tuple(self.image_size),
             processing_size=tuple(self.processing_size),
             final_losses=list(self.final_losses),
+            clip_skip=self.clip_skip,
+            lora_scale=self.lora_scale,
         )
 
     def save(self, path) -> None:
@@ -199,6 +205,8 @@ class MagicRemoverInversion:
             "image_size": list(self.image_size),
             "processing_size": list(self.processing_size),
             "final_losses": self.final_losses,
+            "clip_skip": self.clip_skip,
+            "lora_scale": self.lora_scale,
         }
         save_file(tensors, str(path), metadata={"magic_remover_inversion": json.dumps(settings)})
 
@@ -224,6 +232,8 @@ class MagicRemoverInversion:
             image_size=tuple(settings["image_size"]),
             processing_size=tuple(settings["processing_size"]),
             final_losses=settings["final_losses"],
+            clip_skip=settings.get("clip_skip"),  # files from before these were recorded: the defaults
+            lora_scale=settings.get("lora_scale", 1.0),
         )
 
 

@@ -7,6 +7,7 @@ also loads through ``DiffusionPipeline.from_pretrained(..., custom_pipeline=<thi
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,9 +23,17 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.schedulers import KarrasDiffusionSchedulers
-from diffusers.utils import BaseOutput, logging, replace_example_docstring
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from diffusers.utils import (
+    USE_PEFT_BACKEND,
+    BaseOutput,
+    logging,
+    replace_example_docstring,
+    scale_lora_layers,
+    unscale_lora_layers,
+)
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
 from .attention_processors import (
     CFG_BATCH,
@@ -117,6 +126,20 @@ class MagicRemoverPipelineOutput(BaseOutput):
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _negative_prompts(negative_prompt, prompt, batch: int) -> list[str]:
+    """The unconditional prompts for ``encode_prompt``: as in SD, the empty prompt unless ``negative_prompt``."""
+    if negative_prompt is None:
+        return [""] * batch
+    if prompt is not None and type(prompt) is not type(negative_prompt):
+        raise TypeError(
+            f"`negative_prompt` must be of the same type as `prompt`, got {type(negative_prompt).__name__}."
+        )
+    negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != batch:
+        raise ValueError(f"`negative_prompt` has {len(negatives)} entries but `prompt` has {batch}.")
+    return negatives
 
 
 def _check_timestep_range(value, name: str, num_train_timesteps: int) -> tuple[float, float]:
@@ -218,14 +241,19 @@ class MagicRemoverPipeline(
     r"""
     Text-guided, mask-free object removal with a Stable Diffusion 1.x/2.x checkpoint (MagicRemover).
 
-    Same components and ``__init__`` signature as [`StableDiffusionPipeline`], so ``from_pretrained`` and
-    ``from_pipe`` work with any SD 1.x/2.x model. The pipeline never changes its components: attention processors are
-    set only on the layers the method needs and restored after each call (also when it raises), and the scheduler is
-    only read (the method runs its DDIM steps from the scheduler's config).
+    The components of [`StableDiffusionPipeline`] less its ``image_encoder``, so ``from_pretrained`` and
+    ``from_pipe`` work with any SD 1.x/2.x model (an ``image_encoder`` there is left out). IP-Adapter is not
+    supported: its image tokens enter through its own attention processors, which this pipeline's replace on the
+    layers it guides, so the adapter would be ignored there; rather than a registered component that does nothing,
+    there is none (``feature_extractor`` stays, for the safety checker).
+
+    The pipeline never changes its components: attention processors are set only on the layers the method needs and
+    restored after each call (also when it raises), and the scheduler is only read (the method runs its DDIM steps from
+    the scheduler's config).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    _optional_components = ["safety_checker", "feature_extractor"]
     _exclude_from_cpu_offload = ["safety_checker"]
     _callback_tensor_inputs = ["latents", "reconstruction_latents", "prompt_embeds"]
 
@@ -238,7 +266,6 @@ class MagicRemoverPipeline(
         scheduler: KarrasDiffusionSchedulers,
         safety_checker=None,
         feature_extractor: CLIPImageProcessor = None,
-        image_encoder: CLIPVisionModelWithProjection = None,
         requires_safety_checker: bool = True,
     ):
         super().__init__()
@@ -252,7 +279,6 @@ class MagicRemoverPipeline(
             scheduler=scheduler,
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
-            image_encoder=image_encoder,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -273,28 +299,112 @@ class MagicRemoverPipeline(
     def interrupt(self):
         return getattr(self, "_interrupt", False)
 
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self):
+        return self._guidance_scale > 1
+
+    @property
+    def cross_attention_kwargs(self):
+        return getattr(self, "_cross_attention_kwargs", None)
+
+    @property
+    def clip_skip(self):
+        return getattr(self, "_clip_skip", None)
+
+    @property
+    def _step_guidance_scale(self) -> float:
+        """The CFG scale the current step uses, read afresh at every step so that a step-end callback can change
+        ``pipe._guidance_scale`` (diffusers' ``SDCFGCutoffCallback`` sets it to 0). As in ``StableDiffusionPipeline``,
+        guidance off (a scale <= 1) means the conditional prediction alone, i.e. scale 1."""
+        return float(self._guidance_scale) if self.do_classifier_free_guidance else 1.0
+
     def _prompts(self, prompt) -> list[str]:
+        """The prompts as the tokenizer sees them: textual-inversion tokens expanded to their vectors' tokens."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if isinstance(self, TextualInversionLoaderMixin):
             prompts = [self.maybe_convert_prompt(p, self.tokenizer) for p in prompts]
         return prompts
 
-    def encode_text(self, prompts: list[str], device) -> torch.Tensor:
-        """The text encoder's last hidden state for each prompt, padded to the tokenizer's length."""
+    def encode_prompt(
+        self,
+        prompt,
+        device,
+        num_images_per_prompt,
+        do_classifier_free_guidance,
+        negative_prompt=None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ):
+        r"""Encodes ``prompt`` with [`StableDiffusionPipeline.encode_prompt`]'s signature and results.
+
+        Returns ``(prompt_embeds, negative_prompt_embeds)`` in the text encoder's dtype, each repeated
+        ``num_images_per_prompt`` times; ``negative_prompt_embeds`` (the empty prompt's unless ``negative_prompt``)
+        only with ``do_classifier_free_guidance``. As in SD: textual-inversion tokens are expanded, given
+        ``prompt_embeds``/``negative_prompt_embeds`` are used as they are, ``clip_skip`` takes the prompt (not the
+        negative prompt) from that many layers before the last, through the final layer norm, and ``lora_scale``
+        scales the text encoder's LoRA layers for this call. Unlike SD's, the LoRA scale is undone also when
+        encoding raises, and the final layer norm is found in both transformers 4's layout
+        (``text_encoder.text_model``) and 5's, where diffusers 0.42's ``clip_skip`` fails.
+        """
+        if lora_scale is not None and isinstance(self, StableDiffusionLoraLoaderMixin):
+            self._lora_scale = lora_scale
+        scale_text_lora = lora_scale is not None and USE_PEFT_BACKEND and self.text_encoder is not None
+        if scale_text_lora:
+            scale_lora_layers(self.text_encoder, lora_scale)
+        try:
+            prompts = None if prompt is None else self._prompts(prompt)
+            batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+            if prompt_embeds is None:
+                prompt_embeds = self._encode_tokens(prompts, device, clip_skip)
+            encoder = self.text_encoder if self.text_encoder is not None else self.unet
+            prompt_embeds = prompt_embeds.to(dtype=encoder.dtype, device=device)
+            prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+            if do_classifier_free_guidance:
+                if negative_prompt_embeds is None:
+                    negatives = _negative_prompts(negative_prompt, prompt, batch)
+                    negative_prompt_embeds = self._encode_tokens(self._prompts(negatives), device, None,
+                                                                 max_length=prompt_embeds.shape[1])  # fmt: skip
+                negative_prompt_embeds = negative_prompt_embeds.to(dtype=encoder.dtype, device=device)
+                negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        finally:
+            if scale_text_lora:
+                unscale_lora_layers(self.text_encoder, lora_scale)
+        return prompt_embeds, negative_prompt_embeds
+
+    def _encode_tokens(self, prompts: list[str], device, clip_skip, max_length=None) -> torch.Tensor:
+        """The text encoder's hidden states for ``prompts`` padded to ``max_length`` (the tokenizer's by default)."""
+        max_length = max_length or self.tokenizer.model_max_length
         inputs = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
         )
-        attention_mask = None
-        if getattr(self.text_encoder.config, "use_attention_mask", False):
-            attention_mask = inputs.attention_mask.to(device)
-        embeds = self.text_encoder(inputs.input_ids.to(device), attention_mask=attention_mask)[0]
-        return embeds.float()
+        untruncated = self.tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
+        if untruncated.shape[-1] > inputs.input_ids.shape[-1]:
+            removed = self.tokenizer.batch_decode(untruncated[:, max_length - 1 : -1])
+            logger.warning(f"Only the first {max_length} tokens of the prompt are used; left out: {removed}")
+        uses_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = inputs.attention_mask.to(device) if uses_mask else None
+        ids = inputs.input_ids.to(device)
+        if clip_skip is None:
+            return self.text_encoder(ids, attention_mask=mask)[0]
+        hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+        model = getattr(self.text_encoder, "text_model", self.text_encoder)  # transformers 4 wraps it, 5 does not
+        return model.final_layer_norm(hidden)
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Algorithm 1, line 1: ``z_0 = E(x_0)``, the posterior mode (deterministic, as inversion wants)."""
+        """Algorithm 1, line 1: ``z_0 = E(x_0)``, deterministic as inversion wants.
+
+        Any VAE diffusers pairs with Stable Diffusion: the posterior's mode where the encoder gives a distribution
+        (``AutoencoderKL``, ``AsymmetricAutoencoderKL``, ``ConsistencyDecoderVAE``), its ``.latents`` where it gives
+        none (``AutoencoderTiny``); the choice is diffusers' own ``retrieve_latents``, as its img2img pipelines make it.
+        """
         image = image.to(device=self._execution_device, dtype=self.vae.dtype)
-        posterior = self.vae.encode(image).latent_dist
-        latents = posterior.mode().float()
+        latents = retrieve_latents(self.vae.encode(image), sample_mode="argmax").float()
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
 
@@ -312,7 +422,8 @@ class MagicRemoverPipeline(
     def _unet_epsilon(self, latents: torch.Tensor, timestep, embeds: torch.Tensor, schedule: DDIMSchedule):
         """One UNet call, its output converted to epsilon in float32 (any prediction type, any UNet dtype)."""
         output = self.unet(
-            latents.to(self.unet.dtype), timestep, encoder_hidden_states=embeds.to(self.unet.dtype), return_dict=False
+            latents.to(self.unet.dtype), timestep, encoder_hidden_states=embeds.to(self.unet.dtype),
+            cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False,
         )[0]
         return to_epsilon(output.float(), latents, schedule.alpha(timestep), schedule.prediction_type)
 
@@ -350,7 +461,7 @@ class MagicRemoverPipeline(
             noise_uncond = self._unet_epsilon(latents.detach(), timestep, null_embeds, ctx.schedule)
         ctx.state.start_pass(EDIT, CONDITIONAL)
         noise_text = self._unet_epsilon(latents, timestep, prompt_embeds, ctx.schedule)
-        return classifier_free_guidance(noise_uncond, noise_text, ctx.guidance_scale)
+        return classifier_free_guidance(noise_uncond, noise_text, self._step_guidance_scale)
 
     def _prepare_image(self, image, processing_size=None) -> torch.Tensor:
         height, width = processing_size if processing_size else self.image_processor.get_default_height_width(
@@ -374,6 +485,9 @@ class MagicRemoverPipeline(
         num_inner_steps: int = 10,
         early_stop_epsilon: float = 1e-5,
         learning_rate: float = 1e-2,
+        prompt_embeds: torch.Tensor | None = None,
+        clip_skip: int | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> MagicRemoverInversion:
         r"""
         Inverts ``image`` under ``prompt`` (Algorithm 1, lines 1-3) and returns a reusable [`MagicRemoverInversion`].
@@ -393,7 +507,15 @@ class MagicRemoverPipeline(
                 embedding: forward passes only, CFG then reduces to the conditional prediction, evaluated once).
             generator: accepted for API symmetry; inversion is deterministic (the VAE posterior's mode is used).
             num_inner_steps, early_stop_epsilon, learning_rate: null-text optimisation settings (Mokady et al.).
+            prompt_embeds: ``[B, L, D]`` text embeddings to use instead of encoding ``prompt`` (e.g. weighted
+                prompts), as in SD; ``prompt`` is still required, as the text they were made from: the target is
+                found among its tokens, so the embeddings must keep its token positions.
+            clip_skip: as in SD, encode the prompt from the text encoder's ``clip_skip``-th layer from the end (1: the
+                penultimate). Recorded in the inversion; a removal reusing it must use the same.
+            cross_attention_kwargs: passed to the UNet's attention processors, as in SD; ``{"scale": s}`` scales
+                loaded LoRA layers of the UNet and the text encoder. The scale is recorded in the inversion.
         """
+        self._check_text_inputs(prompt, prompt_embeds, clip_skip, cross_attention_kwargs)
         self._check_common_inputs(num_inference_steps, guidance_scale, generator)
         if method not in INVERSION_METHODS:
             raise ValueError(f"`method` must be one of {INVERSION_METHODS}, got {method!r}.")
@@ -407,12 +529,21 @@ class MagicRemoverPipeline(
             raise ValueError("`image` is required to invert.")
         batch, image_size = _image_batch_and_size(image, "image")
         prompts = self._check_prompt(prompt, batch)
+        if prompt_embeds is not None and prompt_embeds.shape[0] != batch:
+            raise ValueError(
+                f"`prompt_embeds` has a batch of {prompt_embeds.shape[0]} but {batch} image(s) were given."
+            )
 
         device = self._execution_device
         schedule = DDIMSchedule.from_scheduler_config(self.scheduler.config, num_inference_steps)
         pixels = self._prepare_image(image)
         z0 = self.encode_image(pixels)  # line 1
-        prompt_embeds = self.encode_text(prompts, device)
+        self._cross_attention_kwargs, self._clip_skip = cross_attention_kwargs, clip_skip
+        lora_scale = (cross_attention_kwargs or {}).get("scale")  # where StableDiffusionPipeline reads it
+        prompt_embeds, empty = self.encode_prompt(
+            prompts, device, 1, True, prompt_embeds=prompt_embeds, lora_scale=lora_scale, clip_skip=clip_skip
+        )
+        prompt_embeds, empty = prompt_embeds.float(), empty.float()
         noise_fn = lambda z, t, c: self._unet_epsilon(z, t, c, schedule)  # noqa: E731
 
         with self.progress_bar(total=num_inference_steps) as bar:
@@ -421,7 +552,6 @@ class MagicRemoverPipeline(
 
         losses: list[float] = []
         if method == "null-text":  # line 3, eq. 6
-            empty = self.encode_text([""] * len(prompts), device)
             with self.progress_bar(total=num_inference_steps) as bar:
                 bar.set_description("Null-text optimisation")
                 null_embeddings, losses = null_text_optimization(
@@ -437,7 +567,6 @@ class MagicRemoverPipeline(
                     progress=bar.update,
                 )
         elif method in ("ddim", "direct"):  # direct: the trajectory alone; the loop corrects each step onto it
-            empty = self.encode_text([""] * len(prompts), device)
             null_embeddings = empty.unsqueeze(0).repeat(num_inference_steps, 1, 1, 1)
         else:  # negative-prompt inversion: the conditional embedding stands for the null one
             null_embeddings = prompt_embeds.unsqueeze(0).repeat(num_inference_steps, 1, 1, 1)
@@ -454,6 +583,8 @@ class MagicRemoverPipeline(
             image_size=image_size,
             processing_size=tuple(pixels.shape[-2:]),
             final_losses=losses,
+            clip_skip=clip_skip,
+            lora_scale=1.0 if lora_scale is None else float(lora_scale),
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -487,7 +618,53 @@ class MagicRemoverPipeline(
             raise ValueError(f"`prompt` has {len(prompts)} entries but {batch} image(s) were given.")
         if any(not p.strip() for p in prompts):
             raise ValueError("`prompt` must describe the image and name the target; got an empty prompt.")
-        return self._prompts(prompts)
+        return prompts
+
+    def _check_text_inputs(self, prompt, prompt_embeds, clip_skip, cross_attention_kwargs, num_images_per_prompt=1,
+                           inversion=None):  # fmt: skip
+        """The arguments shared with ``StableDiffusionPipeline``'s text side, checked before any model pass."""
+        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool):
+            raise TypeError(f"`num_images_per_prompt` must be an int, got {num_images_per_prompt!r}.")
+        if num_images_per_prompt != 1:
+            raise ValueError(
+                f"`num_images_per_prompt` must be 1, got {num_images_per_prompt}: the removal is deterministic (DDIM "
+                "with sigma = 0 from one inversion), so every image of a prompt would be the same. Pass several images "
+                "(a list) or several targets instead."
+            )
+        if prompt_embeds is not None:
+            if prompt is None and inversion is None:
+                raise ValueError(
+                    "`prompt_embeds` needs `prompt` as well: the target is found among the prompt's tokens, so pass "
+                    "the text the embeddings were made from (or an `inversion`, which records it)."
+                )
+            if not isinstance(prompt_embeds, torch.Tensor):
+                raise TypeError(f"`prompt_embeds` must be a torch.Tensor, got {type(prompt_embeds).__name__}.")
+            width = self.unet.config.cross_attention_dim
+            if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != width:
+                raise ValueError(
+                    f"`prompt_embeds` must be [batch, tokens, {width}] (the UNet's cross_attention_dim), got shape "
+                    f"{tuple(prompt_embeds.shape)}."
+                )
+            if not torch.isfinite(prompt_embeds).all():
+                raise ValueError("`prompt_embeds` holds NaN or inf values.")
+        if clip_skip is not None:
+            layers = int(self.text_encoder.config.num_hidden_layers)
+            if not isinstance(clip_skip, int) or isinstance(clip_skip, bool):
+                raise TypeError(f"`clip_skip` must be None or an int, got {clip_skip!r}.")
+            if not 0 <= clip_skip < layers:
+                raise ValueError(
+                    f"`clip_skip` must be in [0, {layers - 1}] for this {layers}-layer text encoder, got {clip_skip}."
+                )
+        if cross_attention_kwargs is not None:
+            if not isinstance(cross_attention_kwargs, dict):
+                raise TypeError(
+                    f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}."
+                )
+            scale = cross_attention_kwargs.get("scale", 1.0)
+            if not (_is_number(scale) and math.isfinite(scale)):
+                raise ValueError(
+                    f"`cross_attention_kwargs['scale']` (the LoRA scale) must be a finite number, got {scale!r}."
+                )
 
     def check_inputs(
         self,
@@ -626,6 +803,26 @@ class MagicRemoverPipeline(
             if (made - z0).abs().mean() > 0.05 * z0.abs().mean() + 1e-6:
                 raise ValueError("`inversion` was made from a different image than `image`; invert this image first.")
 
+    def _check_inversion_text_matches(self, inversion, prompt_embeds, clip_skip, cross_attention_kwargs):
+        """What the inversion's embeddings and trajectory depend on besides ``_check_inversion_matches``' settings."""
+        lora_scale = float((cross_attention_kwargs or {}).get("scale", 1.0))
+        recorded = [
+            ("clip_skip", inversion.clip_skip, clip_skip),
+            ("cross_attention_kwargs['scale'] (LoRA scale)", inversion.lora_scale, lora_scale),
+        ]
+        for what, made, used in recorded:
+            if made != used:
+                raise ValueError(
+                    f"`inversion` was made with {what}={made!r} but this call uses {used!r}; call with the "
+                    "inversion's settings or run `pipe.invert` again with these."
+                )
+        if prompt_embeds is not None:
+            made = inversion.prompt_embeds
+            if made.shape != prompt_embeds.shape or not torch.allclose(
+                made, prompt_embeds.to(made.device, torch.float32), atol=1e-5
+            ):
+                raise ValueError("`prompt_embeds` differ from the embeddings `inversion` was made with.")
+
     # ------------------------------------------------------------------------------------------------------------
     # The attention guidance (eq. 7-9, 13)
     # ------------------------------------------------------------------------------------------------------------
@@ -672,8 +869,8 @@ class MagicRemoverPipeline(
     def _reconstruction_epsilon(self, ctx, latents, step_index, timestep):
         """The reconstruction branch: plain CFG with ``null_t``; records K_rec, V_rec and the target's map."""
         epsilon = self._cfg_epsilon(
-            latents, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, ctx.guidance_scale, ctx.schedule,
-            ctx.state, RECONSTRUCT,
+            latents, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, self._step_guidance_scale,
+            ctx.schedule, ctx.state, RECONSTRUCT,
         )
         aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
         objects = word_maps(aggregated, ctx.token_groups)
@@ -710,8 +907,12 @@ class MagicRemoverPipeline(
         keep_input_outside_attention_mask: bool = False,
         inversion_method: str = "null-text",
         generator: torch.Generator | list[torch.Generator] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        num_images_per_prompt: int = 1,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        clip_skip: int | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ):
@@ -729,7 +930,14 @@ class MagicRemoverPipeline(
             inversion: a [`MagicRemoverInversion`] from [`~MagicRemoverPipeline.invert`]; skips inversion. Its
                 settings must match this call's.
             num_inference_steps: DDIM steps T.
-            guidance_scale: classifier-free guidance ``w = 1 + s`` (eq. 5).
+            guidance_scale: classifier-free guidance ``w = 1 + s`` (eq. 5). Read at every step through
+                ``pipe.guidance_scale``, so a step-end callback may change ``pipe._guidance_scale`` mid-call (e.g.
+                diffusers' ``SDCFGCutoffCallback``; a scale <= 1 turns guidance off, the conditional prediction alone,
+                as in SD). Both branches then use the new scale. A ``"null-text"`` inversion's embeddings were
+                optimised so that CFG at the inversion's scale retraces the inverted trajectory: at another scale the
+                reconstruction branch drifts from the input image from that step on, and the edit branch with it
+                (``"direct"`` is put back on the trajectory after every step and does not drift; ``"ddim"`` and
+                ``"negative-prompt"`` never depended on the scale).
             erase_lambda: lambda of eq. 7, in ``[0, 1]``. Lower erases more (shadows, reflections) at the risk of tone
                 shifts (paper, appendix A.3). Default 0.8 (paper).
             attention_guidance_scale: multiplies the attention-guidance term of eq. 8/9 (the paper uses 1). The energy
@@ -738,8 +946,12 @@ class MagicRemoverPipeline(
                 (paper: 100 < t < 800).
             optimization_timesteps: ``(t1, t2)``, where classifier optimisation (eq. 12) runs (paper: 500 < t < 800).
             optimization_steps: N of Algorithm 1, re-noising repetitions per step inside ``optimization_timesteps``.
-            attention_layers: cross-attention layers that feed ``A_{t,k}``: ``"all"`` (paper: all resolutions) or a
-                list of layer-name fragments such as ``["up_blocks", "mid_block"]``.
+            attention_layers: cross-attention layers that feed ``A_{t,k}``: ``"all"`` (paper: all resolutions), or
+                exact names of layers or of the modules holding them, such as ``["up_blocks", "mid_block"]`` or
+                ``"up_blocks.1.attentions.0.transformer_blocks.0.attn2"`` (``.processor`` suffix optional), compared
+                component by component (``"up_blocks.1"`` never selects ``"up_blocks.10"``). A pattern only when asked
+                for: ``re.compile(...)`` or ``"re:<regex>"``, matched on whole dot-separated components. Unknown names
+                raise ``ValueError``; see :func:`~attention_processors.select_layers`.
             self_attention_guidance: eq. 10, the edit branch attends to the reconstruction branch's keys and values
                 (paper). ``False`` is an ablation.
             energy: ``"paper"`` (eq. 7, default) or ``"quantile"`` (the authors' research code: squared distance from
@@ -765,8 +977,17 @@ class MagicRemoverPipeline(
             inversion_method: ``"null-text"`` (paper), ``"direct"``, ``"ddim"`` or ``"negative-prompt"``; see
                 [`~invert`].
             generator: accepted for API symmetry; the method is deterministic (DDIM with sigma = 0).
+            prompt_embeds: text embeddings to use instead of encoding ``prompt``, see [`~invert`]; the prompt text
+                is still needed (``prompt``, or the ``inversion``'s) because the target is found among its tokens.
+                With ``inversion`` they must equal the inversion's.
+            num_images_per_prompt: must be 1 (``ValueError`` otherwise): from one inversion the method is
+                deterministic, so more images per prompt would be copies. Pass several images or targets instead.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a [`MagicRemoverPipelineOutput`] (default) or a tuple ``(images, attention_maps)``.
+            cross_attention_kwargs: passed to the attention processors, as in SD; ``{"scale": s}`` is the LoRA scale
+                of the UNet and the text encoder. With ``inversion`` the scale must be the inversion's.
+            clip_skip: layers to skip at the end of the text encoder, as in SD (see [`~invert`]); with ``inversion``
+                it must be the inversion's.
             callback_on_step_end: called as ``callback(pipe, step, timestep, callback_kwargs)`` after each step; may
                 return replacements for the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``
                 is the edit branch's latent, ``"reconstruction_latents"`` the reconstruction branch's).
@@ -775,6 +996,9 @@ class MagicRemoverPipeline(
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        self._check_text_inputs(
+            prompt, prompt_embeds, clip_skip, cross_attention_kwargs, num_images_per_prompt, inversion
+        )
         targets = self.check_inputs(
             image, prompt, target, mask_image, inversion, num_inference_steps, guidance_scale, erase_lambda,
             attention_guidance_scale, guidance_timesteps, optimization_timesteps, optimization_steps, energy,
@@ -782,12 +1006,16 @@ class MagicRemoverPipeline(
             blend_outside_attention_mask, attention_mask_threshold, keep_input_outside_attention_mask,
         )  # fmt: skip
         self._interrupt = False
+        self._guidance_scale = guidance_scale
+        self._cross_attention_kwargs, self._clip_skip = cross_attention_kwargs, clip_skip
         device = self._execution_device
         schedule = DDIMSchedule.from_scheduler_config(self.scheduler.config, num_inference_steps)
 
         # Lines 1-3: z_0 = E(x_0), DDIM inversion, null-text optimisation (or a given inversion)
         if inversion is None:
-            inversion = self.invert(image, prompt, num_inference_steps, guidance_scale, inversion_method, generator)
+            inversion = self.invert(image, prompt, num_inference_steps, guidance_scale, inversion_method, generator,
+                                    prompt_embeds=prompt_embeds, clip_skip=clip_skip,
+                                    cross_attention_kwargs=cross_attention_kwargs)  # fmt: skip
         else:
             batch, size = _image_batch_and_size(image, "image") if image is not None else (inversion.batch_size, None)
             if size is not None and (tuple(size) != tuple(inversion.image_size) or batch != inversion.batch_size):
@@ -802,13 +1030,14 @@ class MagicRemoverPipeline(
             self._check_inversion_matches(
                 inversion, prompts, num_inference_steps, guidance_scale, inversion_method, schedule, z0
             )
+            self._check_inversion_text_matches(inversion, prompt_embeds, clip_skip, cross_attention_kwargs)
         inversion = inversion.to(device)
         prompts, batch = list(inversion.prompt), inversion.batch_size
         latent_size = tuple(inversion.latents.shape[-2:])
         image_size = tuple(inversion.image_size)
 
         # The target words k of the prompt (eq. 9 groups the words of one phrase)
-        token_groups = [[find_target_tokens(self.tokenizer, p, t) for t in targets] for p in prompts]
+        token_groups = [[find_target_tokens(self.tokenizer, p, t) for t in targets] for p in self._prompts(prompts)]
 
         pixel_mask = latent_mask = None
         if mask_image is not None:
@@ -821,7 +1050,6 @@ class MagicRemoverPipeline(
             schedule=schedule,
             null_embeddings=inversion.null_embeddings,
             prompt_embeds=inversion.prompt_embeds,
-            guidance_scale=float(guidance_scale),
             token_groups=token_groups,
             latent_size=latent_size,
             erase_lambda=float(erase_lambda),
@@ -876,7 +1104,7 @@ class MagicRemoverPipeline(
                         trace_edit.append(edit_attention)
                     elif edit_diverged:
                         eps = self._cfg_epsilon(
-                            latents, t, ctx.null_embeddings[i], ctx.prompt_embeds, ctx.guidance_scale, schedule,
+                            latents, t, ctx.null_embeddings[i], ctx.prompt_embeds, self._step_guidance_scale, schedule,
                             ctx.state, EDIT,
                         )
                         ctx.state.start_pass(PASSTHROUGH)
@@ -1073,7 +1301,6 @@ class _RemovalContext:
     schedule: DDIMSchedule
     null_embeddings: torch.Tensor
     prompt_embeds: torch.Tensor
-    guidance_scale: float
     token_groups: list
     latent_size: tuple[int, int]
     erase_lambda: float

@@ -165,3 +165,18 @@ def test_components_round_trip_through_the_constructor(pipe):
     for name in SHARED:
         assert getattr(again, name) is getattr(pipe, name)
     torch.testing.assert_close(quick_removal(again, output_type="pt"), quick_removal(pipe, output_type="pt"), atol=0, rtol=0)
+
+
+def test_image_encoder_is_not_registered_and_from_pipe_leaves_one_behind():
+    """IP-Adapter is not supported, so no `image_encoder` is registered half-way; an SD pipeline that carries one
+    still converts, and keeps its encoder."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    assert "image_encoder" not in MagicRemoverPipeline(**tiny_components()).components
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                                             num_attention_heads=2, image_size=32, patch_size=8,
+                                                             projection_dim=8))  # fmt: skip
+    sd = StableDiffusionPipeline(**tiny_components(), image_encoder=encoder)
+    remover = MagicRemoverPipeline.from_pipe(sd)
+    assert "image_encoder" not in remover.components and sd.image_encoder is encoder
+    assert torch.isfinite(quick_removal(remover)).all()

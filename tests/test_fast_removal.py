@@ -105,12 +105,12 @@ def test_scale_free_inversions_are_reusable_at_another_guidance_scale(pipe, dire
 def _edit_pass(pipe, latents, timestep, split: bool):
     """One edit evaluation after a reconstruction pass, batched or split: (epsilon, energy gradient)."""
     schedule = DDIMSchedule.from_scheduler_config(pipe.scheduler.config, STEPS)
-    prompt_embeds = pipe.encode_text([PROMPT], "cpu")
-    null = pipe.encode_text([""], "cpu")
+    prompt_embeds, null = pipe.encode_prompt([PROMPT], "cpu", 1, True)
+    pipe._guidance_scale = 7.5  # what __call__ sets; the steps read it through pipe.guidance_scale
     state = RemovalAttentionState()
     latent_size = tuple(latents.shape[-2:])
     ctx = _RemovalContext(state=state, schedule=schedule, null_embeddings=null.unsqueeze(0).repeat(STEPS, 1, 1, 1),
-                          prompt_embeds=prompt_embeds, guidance_scale=7.5,
+                          prompt_embeds=prompt_embeds,
                           token_groups=[[find_target_tokens(pipe.tokenizer, PROMPT, "ball")]], latent_size=latent_size,
                           erase_lambda=0.8, attention_guidance_scale=1.0, pixel_area=1.0, energy="paper",
                           gradient_weighting="attention", latent_mask=None)  # fmt: skip

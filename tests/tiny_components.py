@@ -132,7 +132,6 @@ def tiny_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
         "scheduler": scheduler,
         "safety_checker": None,
         "feature_extractor": None,
-        "image_encoder": None,
         "requires_safety_checker": False,
     }
 
