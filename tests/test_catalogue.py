@@ -492,7 +492,7 @@ def test_cli_quiet_is_on_every_subcommand():
     from magic_remover.cli import build_parser
 
     parser = build_parser()
-    for argv in (["demo"], ["remove", "x", "--prompt", "p", "--target", "t", "-o", "o"], ["hub", "export", "d"],
+    for argv in (["demo"], ["remove", "x", "--prompt", "p", "--target", "t", "-o", "o"], ["ui"], ["hub", "export", "d"],
                  ["hub", "push", "user/repo"]):  # fmt: skip
         assert parser.parse_args([*argv, "--quiet"]).quiet is True
 
