@@ -238,8 +238,8 @@ def image_to_pixels(image, name: str = "image") -> torch.Tensor:
     if isinstance(image, list):
         return torch.cat([image_to_pixels(item, name) for item in image])
     if isinstance(image, PIL.Image.Image):
-        array = np.asarray(to_rgb(image), dtype=np.float32) / 255.0
-        return torch.from_numpy(array).permute(2, 0, 1)[None] * 2 - 1
+        array = np.asarray(to_rgb(image), dtype=np.float32)[None] / 255.0
+        return torch.from_numpy(array).permute(0, 3, 1, 2) * 2 - 1  # diffusers' layout, so its convolutions' numbers
     if isinstance(image, np.ndarray):
         unit = _numpy_to_unit(image, name)
         if unit.ndim == 2:
@@ -332,8 +332,6 @@ def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
     word_ids = [tokenizer(word, add_special_tokens=False).input_ids for word in words]
     if any(len(ids) == 0 for ids in word_ids):
         raise ValueError(f"`target` {target!r} contains a word the tokenizer maps to no token.")
-    for word, ids in zip(words, word_ids):
-        _check_known_word(tokenizer, word, ids)
     phrase = [token for ids in word_ids for token in ids]
     vocab_tokens = tokenizer.convert_ids_to_tokens(prompt_ids)
     uses_word_ends = any(isinstance(tok, str) and tok.endswith("</w>") for tok in vocab_tokens)
@@ -355,6 +353,8 @@ def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
                 offset += len(ids)
     if not positions[0]:
         raise ValueError(f"`target` {target!r} does not occur in the prompt {prompt!r}; name a word or phrase of the prompt.")
+    for word, ids in zip(words, word_ids):  # present, but perhaps as unknown tokens or spelt letter by letter
+        _check_known_word(tokenizer, word, ids)
     limit = tokenizer.model_max_length - 1
     if max(max(p) for p in positions) >= limit:
         raise ValueError(

@@ -230,7 +230,8 @@ API_ROWS = [
     Row("emoji target", remove(prompt="a photo of a red ball 🐶", target="🐶"), ValueError, "`target` word '🐶' contains characters"),
     Row("unknown word (small vocabulary)", remove(prompt="a photo of a zebra", target="zebra"), ValueError, "'zebra' is not in the tokenizer's"),
     Row("unknown word: known words listed", remove(prompt="a photo of a zebra", target="zebra"), ValueError, "Words it knows include: and, ball"),
-    Row("target with punctuation", remove(target="ball!"), ValueError, "`target` word 'ball!'"),
+    Row("target with punctuation", remove(prompt="a photo of a red ball!", target="ball!"), ValueError, "`target` word 'ball!' contains characters"),
+    Row("target with punctuation the prompt lacks", remove(target="ball!"), ValueError, "'ball!' does not occur"),
     Row("target inside a longer word", remove(prompt="a photo of a hotdog", target="dog"), ValueError, "'dog' does not occur"),
     Row("target past the token limit", remove(prompt="a photo of the big red blue small cat and dog near the grass ball",
                                               target="ball"), ValueError, "token limit"),  # fmt: skip
@@ -414,7 +415,7 @@ CLI_ERROR_ROWS = {
     "--max-size -1": (remove_args("--max-size", "-1"), "--max-size"),
     "--prompt missing": (["remove", "photo.png", "--target", "ball", "-o", "out.png"], "--prompt"),
     "unknown subcommand": (["erase"], "invalid choice"),
-    "--target emoji": (remove_args(target="🐶"), "`target` word '🐶'"),
+    "--target emoji": (remove_args(target="🐶"), "`target` '🐶' does not occur"),
     "--target not in the prompt": (remove_args(target="dog"), "'dog' does not occur"),
 }
 
