@@ -1,13 +1,21 @@
-"""The ``magic-remover`` command: ``demo`` on the embedded model, ``remove`` on any image."""
+"""The ``magic-remover`` command: ``demo`` on the embedded model, ``remove`` on any image.
+
+torch, diffusers and transformers are imported inside the commands, so ``--help``, ``--version`` and argument errors
+answer at once. Every failure ends in one line on stderr: exit 2 for a problem the user can fix, 130 for Ctrl-C, 1 for
+anything unexpected (``MAGIC_REMOVER_DEBUG=1`` shows its traceback); no output is written unless all can be.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from . import __version__
 
 EXAMPLES = """\
 examples:
@@ -44,7 +52,8 @@ def load_pipeline(model: str | None, threads: int | None = None):
         torch.set_num_threads(threads)
     source = model or _embedded_model()
     try:
-        pipe = MagicRemoverPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
+        with _library_notices_silenced():
+            pipe = MagicRemoverPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError) as error:
         where = "folder" if Path(source).exists() else "Hub model id"
         raise CommandError(
@@ -55,6 +64,37 @@ def load_pipeline(model: str | None, threads: int | None = None):
     if torch.cuda.is_available():
         pipe = pipe.to("cuda")
     return pipe
+
+
+class _library_notices_silenced:
+    """transformers and diffusers at error verbosity while a model loads: their notices (e.g. transformers' "requires
+    torchvision ... falling back" for image processors a Stable Diffusion folder names) are not the user's business;
+    errors still show."""
+
+    def __enter__(self):
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        self.loggers = (diffusers_logging, transformers_logging)
+        self.levels = [lib.get_verbosity() for lib in self.loggers]
+        for lib in self.loggers:
+            lib.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        for lib, level in zip(self.loggers, self.levels):
+            lib.set_verbosity(level)
+
+
+def quiet_libraries() -> None:
+    """``--quiet``: no progress bars from diffusers, transformers or huggingface_hub (the pipeline's own are turned off
+    where it is built)."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def removal_settings(model: str | None, steps: int | None = None) -> tuple[int, dict]:
@@ -72,21 +112,30 @@ def removal_settings(model: str | None, steps: int | None = None) -> tuple[int, 
 
 def write_image_atomically(image, path: Path, force: bool, protected: list[Path]) -> None:
     """Writes ``image`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    write_check(path, force, protected)
-    if not path.parent.exists():
-        raise CommandError(f"The folder {path.parent} does not exist.")
-    suffix = path.suffix or ".png"
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(descriptor)
+    write_images_atomically([(image, Path(path))], force, protected)
+
+
+def write_images_atomically(outputs: list, force: bool, protected: list[Path]) -> None:
+    """Writes every ``(image, path)`` through a temporary file beside it, then renames them all: when any image cannot
+    be saved, no output is touched."""
+    for _, path in outputs:
+        check_output_path(Path(path), force, protected)
+    temporaries = []
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; outputs get the usual permissions
-        image.save(temporary, format=None if path.suffix else "PNG")
-        os.replace(temporary, path)
+        for image, path in outputs:
+            path = Path(path)
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
+            os.close(descriptor)
+            temporaries.append(temporary)
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; outputs get the usual permissions
+            image.save(temporary, format=None if path.suffix else "PNG")
+        for temporary, (_, path) in zip(temporaries, outputs):
+            os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        for temporary in temporaries:
+            Path(temporary).unlink(missing_ok=True)
         raise
 
 
@@ -130,6 +179,7 @@ def command_demo(args) -> int:
 
     from .scenes import make_scene
 
+    check_output_path(Path(args.output), force=True, protected=[])
     start = time.perf_counter()
     pipe = load_pipeline(args.model, args.threads)
     pipe.set_progress_bar_config(disable=args.quiet)
@@ -161,25 +211,46 @@ def command_demo(args) -> int:
 
 
 def command_remove(args) -> int:
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    import numpy as np
+    from PIL import Image
+
+    from .images import default_max_size, fit_within, load_image_rgb, restore_size, trained_size
 
     image_path = Path(args.image)
-    if not image_path.is_file():
-        raise CommandError(f"Input image {image_path} does not exist.")
+    check_input_path(image_path, "Input image")
+    if args.mask:
+        check_input_path(Path(args.mask), "Mask")
     outputs = [Path(args.output)] + ([Path(args.save_mask)] if args.save_mask else [])
     protected = [image_path] + ([Path(args.mask)] if args.mask else [])
-    for path in outputs:  # refuse before any work is done
-        write_check(path, args.force, protected)
     if args.save_mask and Path(args.save_mask).resolve() == Path(args.output).resolve():
         raise CommandError("--save-mask and -o name the same file.")
+    for path in outputs:  # refuse before any work is done
+        check_output_path(path, args.force, protected)
     try:
-        image = Image.open(image_path).convert("RGB")
-        mask = Image.open(args.mask).convert("L") if args.mask else None
-    except (UnidentifiedImageError, OSError) as error:
-        raise CommandError(f"Cannot read an image: {error}") from None
+        image = load_image_rgb(image_path)
+    except ValueError as error:
+        raise CommandError(f"Cannot read the input image: {error}") from None
+    mask = None
+    if args.mask:
+        try:
+            with Image.open(args.mask) as opened:
+                mask = opened.convert("L")
+        except (OSError, ValueError) as error:
+            raise CommandError(f"Cannot read the mask {args.mask}: {error}") from None
+
+    import torch
 
     pipe = load_pipeline(args.model, args.threads)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    max_size = args.max_size if args.max_size is not None else default_max_size(trained_size(pipe))
+    processed = fit_within(image, max_size or None)
+    if processed.size != image.size:
+        if not args.quiet:
+            print(f"magic-remover: {image.width}x{image.height} is larger than --max-size {max_size} for this model: "
+                  f"processing at {processed.width}x{processed.height}, the result comes back at {image.width}x"
+                  f"{image.height} (--max-size 0 processes at full size)", file=sys.stderr)  # fmt: skip
+        if mask is not None:
+            mask = mask.resize(processed.size, Image.BILINEAR) if mask.size == image.size else mask
     steps, settings = removal_settings(args.model, args.steps)
     if args.erase_lambda is not None:
         settings["erase_lambda"] = args.erase_lambda
@@ -187,13 +258,15 @@ def command_remove(args) -> int:
         settings["attention_guidance_scale"] = args.attention_guidance_scale
     generator = torch.Generator().manual_seed(args.seed)
     try:
-        out = pipe(image=image, prompt=args.prompt, target=args.target, mask_image=mask, num_inference_steps=steps,
+        out = pipe(image=processed, prompt=args.prompt, target=args.target, mask_image=mask, num_inference_steps=steps,
                    generator=generator, **settings)  # fmt: skip
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, FloatingPointError) as error:
         raise CommandError(str(error)) from None
-    write_image_atomically(out.images[0], Path(args.output), args.force, protected)
+    results = [(restore_size(out.images[0], image.size), Path(args.output))]
     if args.save_mask:
-        write_image_atomically(map_to_image(out.attention_maps[0]), Path(args.save_mask), args.force, protected)
+        soft_map = np.asarray(out.attention_maps[0])
+        results.append((restore_size(map_to_image(soft_map), image.size), Path(args.save_mask)))
+    write_images_atomically(results, args.force, protected)
     print(f"removed {args.target!r} -> {args.output}" + (f" (map: {args.save_mask})" if args.save_mask else ""))
     return 0
 
@@ -217,12 +290,38 @@ def command_ui(args) -> int:
     return 0
 
 
-def write_check(path: Path, force: bool, protected: list[Path]) -> None:
+def check_input_path(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise CommandError(f"{what} {path} is a folder; give an image file.")
+    if not path.is_file():
+        raise CommandError(f"{what} {path} does not exist.")
+
+
+def check_output_path(path: Path, force: bool, protected: list[Path]) -> None:
+    """Everything that would stop ``path`` from being written, checked before any work: it is an input, exists
+    without ``--force``, is a folder, names a format PIL cannot write, or lies in a missing or read-only folder."""
+    from PIL import Image
+
     for other in protected:
         if path.resolve() == Path(other).resolve():
             raise CommandError(f"Refusing to write {path}: it is the input {other}; choose another output path.")
+    if path.is_dir():
+        raise CommandError(f"{path} is a folder; give a file name for the output, e.g. {path / 'result.png'}.")
     if path.exists() and not force:
         raise CommandError(f"{path} already exists; pass --force to overwrite it.")
+    if path.suffix:
+        image_format = Image.registered_extensions().get(path.suffix.lower())
+        if image_format is None or image_format not in Image.SAVE:
+            raise CommandError(f"Cannot write {path}: PIL cannot save {path.suffix!r} files; use .png, .jpg or .webp.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise CommandError(f"Cannot write {path}: the folder {folder} does not exist.")
+    try:  # os.access misses read-only mounts and ACLs: try what the atomic write will do
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".probe")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise CommandError(f"Cannot write {path}: the folder {folder} is not writable ({error.strerror}).") from None
 
 
 def _integer_at_least(text: str, low: int) -> int:
@@ -233,6 +332,37 @@ def _integer_at_least(text: str, low: int) -> int:
     if value < low:
         raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
     return value
+
+
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def seed(text: str) -> int:
+    value = _integer_at_least(text, SEED_RANGE[0])
+    if value > SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {value}")
+    return value
+
+
+def finite_float(text: str, low: float | None = None, high: float | None = None) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise argparse.ArgumentTypeError(f"expected a number {bounds}, got {value}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    return finite_float(text, 0.0, 1.0)
+
+
+def non_negative_float(text: str) -> float:
+    return finite_float(text, 0.0)
 
 
 def positive_int(text: str) -> int:
@@ -250,13 +380,26 @@ def object_count(text: str) -> int:
     return value
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (``magic-remover remove: error: ...; see --help``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options every subcommand has."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or notices (errors still print)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="magic-remover",
         description="Text-guided object removal (MagicRemover) with Stable Diffusion or the embedded tiny model.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="remove an object from a synthetic scene with the embedded model",
@@ -267,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: the model's)")
     demo.add_argument("--model", default=None, help=argparse.SUPPRESS)
     demo.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common_options(demo)
     demo.set_defaults(func=command_demo)
 
     remove = sub.add_parser("remove", help="remove a named object from an image",
@@ -279,12 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--mask", default=None, help="optional mask image, white where removal may happen")
     remove.add_argument("--model", default=None, help="Hub id or local folder (default: the embedded model)")
     remove.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: 50, or the embedded model's)")
-    remove.add_argument("--lambda", dest="erase_lambda", type=float, default=None, help="lambda of eq. 7 (default 0.8)")
-    remove.add_argument("--attention-guidance-scale", type=float, default=None, help="scale of the attention guidance")
-    remove.add_argument("--seed", type=int, default=0, help="random seed")
+    remove.add_argument("--lambda", dest="erase_lambda", type=unit_interval, default=None,
+                        help="lambda of eq. 7, in [0, 1] (default 0.8)")  # fmt: skip
+    remove.add_argument("--attention-guidance-scale", type=non_negative_float, default=None,
+                        help="scale of the attention guidance, >= 0")  # fmt: skip
+    remove.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2**64 - 1")
+    remove.add_argument("--max-size", type=non_negative_int, default=None,
+                        help="longest side the model processes; larger inputs are downscaled and the result scaled back "
+                             "to the input's size (default: twice the model's trained size for small models, 1.5 times "
+                             "for Stable Diffusion: 128 for the embedded model, 768 for SD 1.x; 0: no limit)")  # fmt: skip
     remove.add_argument("--save-mask", default=None, help="also write the target's soft map as a grey image")
     remove.add_argument("--force", action="store_true", help="overwrite existing outputs (never the input)")
     remove.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_common_options(remove)
     remove.set_defaults(func=command_remove)
 
     from .ui import DEFAULT_HOST, DEFAULT_PORT
@@ -296,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     page.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help="port to serve on")
     page.add_argument("--steps", type=positive_int, default=None, help="the form's initial DDIM steps (default: the model's)")
     page.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_common_options(page)
     page.set_defaults(func=command_ui)
 
     from .hub import add_hub_parser
@@ -307,10 +458,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "quiet", False):
+            quiet_libraries()
         return args.func(args)
     except CommandError as error:
         print(f"magic-remover: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("magic-remover: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug or an environment problem: one line, the traceback on request
+        if os.environ.get("MAGIC_REMOVER_DEBUG"):
+            raise
+        first_line = (str(error).splitlines() or [""])[0]
+        print(f"magic-remover: unexpected {type(error).__name__}: {first_line} (MAGIC_REMOVER_DEBUG=1 shows the "
+              "traceback)", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .cli import CommandError
+from .cli import CommandError, add_common_options
 
 #: The Hub repository of the pipeline code that the README's example names until a repo id is known.
 REPO_ID_PLACEHOLDER = "<this repo id>"
@@ -299,6 +299,7 @@ def add_hub_parser(sub) -> argparse.ArgumentParser:
     exp.add_argument("--force", action="store_true", help="overwrite the exported files in a non-empty folder")
     exp.add_argument("--repo-id", default=None, help="repository id to name in the README's example")
     exp.add_argument("--space", action="store_true", help="give the README a Gradio Space's front matter (app.py)")
+    add_common_options(exp)
     exp.set_defaults(func=command_export)
 
     push_ = commands.add_parser("push", help="create the Hub repository if needed and upload the code",
@@ -307,5 +308,6 @@ def add_hub_parser(sub) -> argparse.ArgumentParser:
     push_.add_argument("--revision", default=None, help="branch to push to (created from main if needed)")
     push_.add_argument("--private", action="store_true", help="create the repository private")
     push_.add_argument("--dir", default=None, help="an exported folder to upload as it is (default: export afresh)")
+    add_common_options(push_)
     push_.set_defaults(func=command_push)
     return hub

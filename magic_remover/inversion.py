@@ -222,7 +222,11 @@ class MagicRemoverInversion:
             raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
         if "magic_remover_inversion" not in metadata:
             raise ValueError(f"{path} is not an inversion saved by MagicRemoverInversion.save().")
-        settings = json.loads(metadata["magic_remover_inversion"])
+        try:
+            settings = json.loads(metadata["magic_remover_inversion"])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: its inversion settings are not valid JSON ({error}).") from None
+        check_saved_inversion(tensors, settings, str(path))
         return cls(
             **tensors,
             prompt=settings["prompt"],
@@ -235,6 +239,68 @@ class MagicRemoverInversion:
             clip_skip=settings.get("clip_skip"),  # files from before these were recorded: the defaults
             lora_scale=settings.get("lora_scale", 1.0),
         )
+
+
+SAVED_TENSORS = ("latents", "null_embeddings", "prompt_embeds", "timesteps")
+SAVED_SETTINGS = ("prompt", "num_inference_steps", "guidance_scale", "method", "image_size", "processing_size",
+                  "final_losses")  # fmt: skip
+
+
+def check_saved_inversion(tensors: dict, settings, where: str) -> None:
+    """Validates a loaded inversion file (types, shapes consistent with its settings, a known method) so that a
+    damaged or hand-edited file fails at ``load`` with a ``ValueError`` naming the field, not later inside a call."""
+
+    def bad(field: str, expected: str, got) -> ValueError:
+        return ValueError(f"{where}: the inversion's `{field}` must be {expected}, got {got!r}; the file is damaged "
+                          "or was edited; invert the image again.")  # fmt: skip
+
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def is_size(value) -> bool:
+        return isinstance(value, list) and len(value) == 2 and all(is_int(v) and v >= 1 for v in value)
+
+    if not isinstance(settings, dict):
+        raise bad("settings", "a JSON object", type(settings).__name__)
+    for names, what in ((SAVED_TENSORS, tensors), (SAVED_SETTINGS, settings)):
+        missing, extra = sorted(set(names) - set(what)), sorted(set(what) - set(names))
+        if missing or extra:
+            raise ValueError(f"{where}: the inversion file has missing {missing} or unexpected {extra} entries.")
+    prompt, steps, method = settings["prompt"], settings["num_inference_steps"], settings["method"]
+    if not (isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt)):
+        raise bad("prompt", "a non-empty list of str", prompt)
+    if not (is_int(steps) and steps >= 1):
+        raise bad("num_inference_steps", "a positive int", steps)
+    scale = settings["guidance_scale"]
+    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 1 <= scale < float("inf")):
+        raise bad("guidance_scale", "a finite number >= 1", scale)
+    if method not in INVERSION_METHODS:
+        raise bad("method", f"one of {INVERSION_METHODS}", method)
+    for name in ("image_size", "processing_size"):
+        if not is_size(settings[name]):
+            raise bad(name, "a [height, width] pair of positive ints", settings[name])
+    losses = settings["final_losses"]
+    if not (isinstance(losses, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in losses)):
+        raise bad("final_losses", "a list of numbers", losses)
+
+    batch = len(prompt)
+    latents, null, embeds, timesteps = (tensors[name] for name in SAVED_TENSORS)
+    if latents.ndim != 5 or tuple(latents.shape[:2]) != (steps + 1, batch):
+        raise bad("latents", f"[{steps + 1}, {batch}, C, h, w] (steps + 1, prompts)", tuple(latents.shape))
+    if null.ndim != 4 or tuple(null.shape[:2]) != (steps, batch):
+        raise bad("null_embeddings", f"[{steps}, {batch}, L, D]", tuple(null.shape))
+    if tuple(embeds.shape) != tuple(null.shape[1:]):
+        raise bad("prompt_embeds", f"{list(null.shape[1:])} like each null embedding", tuple(embeds.shape))
+    if timesteps.ndim != 1 or len(timesteps) != steps or timesteps.is_floating_point():
+        raise bad("timesteps", f"{steps} integer timesteps", tuple(timesteps.shape))
+    if steps > 1 and not bool((timesteps[:-1] > timesteps[1:]).all()):
+        raise bad("timesteps", "descending", timesteps.tolist())
+    height, width = settings["processing_size"]
+    if height % latents.shape[-2] or width % latents.shape[-1] or height // latents.shape[-2] != width // latents.shape[-1]:
+        raise bad("processing_size", f"a common multiple of the latents' size {tuple(latents.shape[-2:])}", [height, width])
+    for name in ("latents", "null_embeddings", "prompt_embeds"):
+        if not (tensors[name].is_floating_point() and torch.isfinite(tensors[name]).all()):
+            raise bad(name, "finite float values", "NaN, inf or integers")
 
 
 # ----------------------------------------------------------------------------------------------------------------

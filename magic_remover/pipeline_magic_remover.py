@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,7 +34,16 @@ from diffusers.utils import (
     scale_lora_layers,
     unscale_lora_layers,
 )
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import is_torchvision_available
+
+if is_torchvision_available():
+    from transformers import CLIPImageProcessor
+else:  # transformers 5 warns when `CLIPImageProcessor` falls back to its PIL class; ask for that class by its name
+    try:
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # transformers 4: the PIL class is `CLIPImageProcessor` itself
+        from transformers import CLIPImageProcessor
 
 from .attention_processors import (
     CFG_BATCH,
@@ -57,6 +67,7 @@ from .attention_processors import (
     top_fraction_mask,
     word_maps,
 )
+from .images import is_far_beyond, to_rgb, trained_size
 from .inversion import (
     INVERSION_METHODS,
     SCALE_FREE_METHODS,
@@ -125,7 +136,21 @@ class MagicRemoverPipelineOutput(BaseOutput):
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number (Python, numpy or a 0-d tensor's ``.item()``), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_finite(value, name: str) -> None:
+    """NaN and inf are refused up front, naming the argument (they would surface steps later as another
+    argument's ``FloatingPointError``)."""
+    if _is_number(value) and not math.isfinite(float(value)):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+
+
+def _warn_if_large(value, name: str, usual: str, limit: float) -> None:
+    """A finite but absurd magnitude runs, with a warning saying what is usual."""
+    if _is_number(value) and abs(float(value)) > limit:
+        logger.warning(f"`{name}`={value!r} is far outside the usual {usual}; expect a broken result.")
 
 
 def _negative_prompts(negative_prompt, prompt, batch: int) -> list[str]:
@@ -145,6 +170,8 @@ def _negative_prompts(negative_prompt, prompt, batch: int) -> list[str]:
 def _check_timestep_range(value, name: str, num_train_timesteps: int) -> tuple[float, float]:
     if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_number(v) for v in value)):
         raise TypeError(f"`{name}` must be a (low, high) pair of numbers in training-timestep units, got {value!r}.")
+    for bound in value:
+        _check_finite(bound, name)
     low, high = float(value[0]), float(value[1])
     if not (0 <= low < high <= num_train_timesteps):
         raise ValueError(f"`{name}` must satisfy 0 <= low < high <= {num_train_timesteps}, got {value!r}.")
@@ -187,6 +214,131 @@ def _image_batch_and_size(image, name: str) -> tuple[int, tuple[int, int]]:
     return batch, (height, width)
 
 
+def _numpy_to_unit(array: np.ndarray, name: str) -> np.ndarray:
+    """A numpy image's samples as float64 in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0/1, floats as they are
+    (they must already lie in [0, 1], diffusers' convention). Out-of-range values are refused, never clipped."""
+    if array.dtype == np.bool_:
+        return array.astype(np.float64)
+    if array.dtype == np.uint8:
+        return array.astype(np.float64) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float64) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"`{name}` holds NaN or inf values.")
+        if values.size and (values.min() < 0 or values.max() > 1):
+            raise ValueError(
+                f"`{name}` as a float numpy array must hold values in [0, 1], got [{values.min():.4g}, "
+                f"{values.max():.4g}]; divide 8-bit values by 255."
+            )
+        return values
+    raise TypeError(f"`{name}` as a numpy array must be uint8, uint16, bool or float, got dtype {array.dtype}.")
+
+
+def _to_three_channels(pixels: torch.Tensor, name: str, layout: str) -> torch.Tensor:
+    """``[B, C, H, W]`` in [0, 1] with C of 1 (grey), 3 (RGB) or 4 (RGBA, composited over white) -> 3 channels."""
+    channels = pixels.shape[1]
+    if channels == 1:
+        return pixels.expand(-1, 3, -1, -1)
+    if channels == 4:
+        alpha = pixels[:, 3:]
+        return pixels[:, :3] * alpha + (1 - alpha)
+    if channels != 3:
+        raise ValueError(f"`{name}` must have 1, 3 or 4 channels ({layout}), got {channels}.")
+    return pixels
+
+
+def image_to_pixels(image, name: str = "image") -> torch.Tensor:
+    """Any documented image form as a float32 ``[B, 3, H, W]`` tensor in ``[-1, 1]``.
+
+    PIL in any mode (converted as :func:`magic_remover.images.to_rgb` does: 16-bit scaled, alpha over white);
+    numpy ``HxW``, ``HxWxC`` or ``BxHxWxC`` (uint8, uint16, bool, or float in ``[0, 1]``); tensors ``HxW``,
+    ``CxHxW`` or ``BxCxHxW`` (float in ``[-1, 1]``, or uint8); lists of single images. 1-channel images become
+    grey RGB, 4-channel numpy/PIL images are composited over white. Out-of-range values raise, never clip.
+    """
+    if isinstance(image, list):
+        return torch.cat([image_to_pixels(item, name) for item in image])
+    if isinstance(image, PIL.Image.Image):
+        array = np.asarray(to_rgb(image), dtype=np.float32)[None] / 255.0
+        return torch.from_numpy(array).permute(0, 3, 1, 2) * 2 - 1  # diffusers' layout, so its convolutions' numbers
+    if isinstance(image, np.ndarray):
+        unit = _numpy_to_unit(image, name)
+        if unit.ndim == 2:
+            unit = unit[None, :, :, None]
+        elif unit.ndim == 3:
+            unit = unit[None]
+        if unit.shape[-1] not in (1, 3, 4) and unit.shape[1] in (1, 3, 4):
+            raise ValueError(
+                f"`{name}` as a numpy array is channels-last (HxWxC); got shape {image.shape}, which looks "
+                "channels-first: transpose it, or pass a tensor."
+            )
+        pixels = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32)).permute(0, 3, 1, 2)
+        return _to_three_channels(pixels, name, "numpy HxWxC") * 2 - 1
+    if isinstance(image, torch.Tensor):
+        pixels = image.detach().cpu()
+        if pixels.ndim == 2:
+            pixels = pixels[None, None]
+        elif pixels.ndim == 3:
+            pixels = pixels[None]
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float() / 127.5 - 1
+        elif not pixels.is_floating_point():
+            raise TypeError(f"`{name}` as a tensor must be float (in [-1, 1]) or uint8, got {pixels.dtype}.")
+        pixels = pixels.float()
+        if not torch.isfinite(pixels).all():
+            raise ValueError(f"`{name}` holds NaN or inf values.")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < -1 - 1e-3 or high > 1 + 1e-3:
+            raise ValueError(
+                f"`{name}` as a tensor must hold values in [-1, 1], got [{low:.4g}, {high:.4g}] (a [0, 255] image: "
+                "divide by 127.5 and subtract 1)."
+            )
+        if pixels.shape[1] == 4:
+            raise ValueError(
+                f"`{name}` as a tensor has 4 channels: that is read as latents, which must match the VAE's "
+                "latent channels; pass RGB pixels (3 channels) in [-1, 1]."
+            )
+        return (_to_three_channels((pixels.clamp(-1, 1) + 1) / 2, name, "tensor CxHxW") * 2 - 1).contiguous()
+    raise TypeError(f"`{name}` must be a PIL.Image.Image, numpy array, torch.Tensor or a list of them, got {type(image).__name__}.")
+
+
+#: Below this many tokens a vocabulary is a toy one (the embedded model's has 149; CLIP's 49408): a word it can only
+#: spell letter by letter is a word its text encoder never learned.
+SMALL_VOCABULARY = 10_000
+
+
+def _check_known_word(tokenizer, word: str, ids: list[int]) -> None:
+    """Refuses a target word the tokenizer does not know: one with unknown tokens (an emoji in a vocabulary without
+    bytes for it), or, in a small vocabulary, one it can only spell as single characters. Such a word has no
+    attention map of its own, and the removal would edit whatever the map happened to find."""
+    unknown = tokenizer.unk_token_id
+    if unknown is not None and unknown in ids:
+        raise ValueError(
+            f"`target` word {word!r} contains characters the tokenizer does not know (they become its unknown "
+            f"token {tokenizer.unk_token!r}); name the object with a word of the prompt.{_known_words_hint(tokenizer)}"
+        )
+    if len(tokenizer) < SMALL_VOCABULARY and len(ids) > 1:
+        pieces = [piece.replace("</w>", "") for piece in tokenizer.convert_ids_to_tokens(ids)]
+        if any(len(piece) <= 1 for piece in pieces):
+            raise ValueError(
+                f"`target` word {word!r} is not in the tokenizer's {len(tokenizer)}-token vocabulary (it is spelt "
+                f"{'+'.join(pieces)}): the text encoder never learned it.{_known_words_hint(tokenizer)}"
+            )
+
+
+def _known_words_hint(tokenizer, count: int = 12) -> str:
+    """For a small vocabulary, a few of the whole words it knows; nothing for a real one."""
+    if len(tokenizer) >= SMALL_VOCABULARY:
+        return ""
+    words = sorted(
+        token[: -len("</w>")]
+        for token in tokenizer.get_vocab()
+        if token.endswith("</w>") and len(token) > len("</w>") + 2 and token[: -len("</w>")].isalpha()
+    )
+    return f" Words it knows include: {', '.join(words[:count])}." if words else ""
+
+
 def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
     """Token positions (in the padded sequence, start token at 0) of each word of ``target`` in ``prompt``.
 
@@ -205,13 +357,14 @@ def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
     phrase = [token for ids in word_ids for token in ids]
     vocab_tokens = tokenizer.convert_ids_to_tokens(prompt_ids)
     uses_word_ends = any(isinstance(tok, str) and tok.endswith("</w>") for tok in vocab_tokens)
-    bos = tokenizer.bos_token_id
+    # a special token (start, end, or the unknown token an emoji becomes) ends whatever came before it
+    boundaries = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id} - {None}
 
     def starts_word(position: int) -> bool:
         if position == 0 or not uses_word_ends:
             return True
         previous_id, previous = prompt_ids[position - 1], vocab_tokens[position - 1]
-        return previous_id == bos or (isinstance(previous, str) and previous.endswith("</w>"))
+        return previous_id in boundaries or (isinstance(previous, str) and previous.endswith("</w>"))
 
     positions: list[list[int]] = [[] for _ in words]
     for start in range(len(prompt_ids) - len(phrase) + 1):
@@ -222,6 +375,8 @@ def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
                 offset += len(ids)
     if not positions[0]:
         raise ValueError(f"`target` {target!r} does not occur in the prompt {prompt!r}; name a word or phrase of the prompt.")
+    for word, ids in zip(words, word_ids):  # present, but perhaps as unknown tokens or spelt letter by letter
+        _check_known_word(tokenizer, word, ids)
     limit = tokenizer.model_max_length - 1
     if max(max(p) for p in positions) >= limit:
         raise ValueError(
@@ -463,11 +618,67 @@ class MagicRemoverPipeline(
         noise_text = self._unet_epsilon(latents, timestep, prompt_embeds, ctx.schedule)
         return classifier_free_guidance(noise_uncond, noise_text, self._step_guidance_scale)
 
+    def _is_latent_image(self, image) -> bool:
+        """As in img2img pipelines: a tensor with the VAE's latent channel count (4 for SD) given as ``image`` is
+        taken as scaled latents ``z_0`` (e.g. an earlier ``output_type="latent"`` result) and not encoded again."""
+        first = image[0] if isinstance(image, list) and image else image
+        channels = int(getattr(self.vae.config, "latent_channels", 4)) if getattr(self, "vae", None) else 4
+        return (
+            isinstance(first, torch.Tensor) and first.ndim in (3, 4) and first.shape[-3] == channels
+            and channels not in (1, 3)
+        )  # fmt: skip
+
+    def _image_batch_and_size(self, image) -> tuple[int, tuple[int, int]]:
+        """``(batch, (height, width))`` of ``image`` in pixels (latents count at ``vae_scale_factor`` times their size)."""
+        batch, (height, width) = _image_batch_and_size(image, "image")
+        if self._is_latent_image(image):
+            return batch, (height * self.vae_scale_factor, width * self.vae_scale_factor)
+        return batch, (height, width)
+
+    def _check_image(self, image) -> tuple[int, tuple[int, int]]:
+        """Every check on ``image`` that needs no model: form, channels, value range, finiteness, size."""
+        batch, (height, width) = self._image_batch_and_size(image)
+        if self._is_latent_image(image):
+            latents = torch.cat(image) if isinstance(image, list) else image
+            if not latents.is_floating_point() or not torch.isfinite(latents).all():
+                raise ValueError("`image` given as latents must be a float tensor of finite values.")
+        else:
+            image_to_pixels(image, "image")
+            if min(height, width) < self.vae_scale_factor:
+                raise ValueError(
+                    f"`image` is {height}x{width}; the autoencoder needs at least {self.vae_scale_factor} pixels a side."
+                )
+        trained = trained_size(self)
+        if is_far_beyond(height, width, trained):
+            logger.warning(
+                f"`image` is {height}x{width}, far beyond the {trained}x{trained} this model was trained at: it will "
+                "be slow, use much memory, and the model may not handle it well. Downscale it first (the command line's "
+                "`--max-size` does this)."
+            )
+        return batch, (height, width)
+
     def _prepare_image(self, image, processing_size=None) -> torch.Tensor:
-        height, width = processing_size if processing_size else self.image_processor.get_default_height_width(
-            image[0] if isinstance(image, list) else image
-        )
-        return self.image_processor.preprocess(image, height=height, width=width).float()
+        """``image`` as ``[B, 3, h, w]`` in [-1, 1] at ``processing_size`` (default: the size rounded down to a
+        multiple of ``vae_scale_factor``), resized with antialiased bicubic interpolation."""
+        pixels = image_to_pixels(image, "image")
+        height, width = pixels.shape[-2:]
+        factor = self.vae_scale_factor
+        size = tuple(processing_size) if processing_size else (height - height % factor, width - width % factor)
+        if tuple(pixels.shape[-2:]) != size:
+            pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+        return pixels
+
+    def image_latents(self, image, processing_size=None) -> torch.Tensor:
+        """Algorithm 1, line 1 for any ``image`` form: the encoded image, or ``image`` itself when it is latents."""
+        if self._is_latent_image(image):
+            latents = torch.cat(image) if isinstance(image, list) else image
+            latents = latents[None] if latents.ndim == 3 else latents
+            if processing_size is not None and tuple(latents.shape[-2:]) != tuple(
+                s // self.vae_scale_factor for s in processing_size
+            ):
+                raise ValueError(f"`image` latents of size {tuple(latents.shape[-2:])} do not match the inversion's.")
+            return latents.detach().float().to(self._execution_device)
+        return self.encode_image(self._prepare_image(image, processing_size))
 
     # ------------------------------------------------------------------------------------------------------------
     # Inversion (Algorithm 1, lines 1-3)
@@ -516,18 +727,11 @@ class MagicRemoverPipeline(
                 loaded LoRA layers of the UNet and the text encoder. The scale is recorded in the inversion.
         """
         self._check_text_inputs(prompt, prompt_embeds, clip_skip, cross_attention_kwargs)
+        self._check_invert_inputs(method, num_inner_steps, learning_rate, early_stop_epsilon)
         self._check_common_inputs(num_inference_steps, guidance_scale, generator)
-        if method not in INVERSION_METHODS:
-            raise ValueError(f"`method` must be one of {INVERSION_METHODS}, got {method!r}.")
-        if not (isinstance(num_inner_steps, int) and not isinstance(num_inner_steps, bool) and num_inner_steps >= 1):
-            raise ValueError(f"`num_inner_steps` must be a positive int, got {num_inner_steps!r}.")
-        if not (_is_number(learning_rate) and learning_rate > 0):
-            raise ValueError(f"`learning_rate` must be a number > 0, got {learning_rate!r}.")
-        if not (_is_number(early_stop_epsilon) and early_stop_epsilon >= 0):
-            raise ValueError(f"`early_stop_epsilon` must be a number >= 0, got {early_stop_epsilon!r}.")
         if image is None:
             raise ValueError("`image` is required to invert.")
-        batch, image_size = _image_batch_and_size(image, "image")
+        batch, image_size = self._check_image(image)
         prompts = self._check_prompt(prompt, batch)
         if prompt_embeds is not None and prompt_embeds.shape[0] != batch:
             raise ValueError(
@@ -536,8 +740,7 @@ class MagicRemoverPipeline(
 
         device = self._execution_device
         schedule = DDIMSchedule.from_scheduler_config(self.scheduler.config, num_inference_steps)
-        pixels = self._prepare_image(image)
-        z0 = self.encode_image(pixels)  # line 1
+        z0 = self.image_latents(image)  # line 1
         self._cross_attention_kwargs, self._clip_skip = cross_attention_kwargs, clip_skip
         lora_scale = (cross_attention_kwargs or {}).get("scale")  # where StableDiffusionPipeline reads it
         prompt_embeds, empty = self.encode_prompt(
@@ -581,7 +784,7 @@ class MagicRemoverPipeline(
             guidance_scale=float(guidance_scale),
             method=method,
             image_size=image_size,
-            processing_size=tuple(pixels.shape[-2:]),
+            processing_size=tuple(int(s) * self.vae_scale_factor for s in z0.shape[-2:]),
             final_losses=losses,
             clip_skip=clip_skip,
             lora_scale=1.0 if lora_scale is None else float(lora_scale),
@@ -591,6 +794,19 @@ class MagicRemoverPipeline(
     # Input checks
     # ------------------------------------------------------------------------------------------------------------
 
+    def _check_invert_inputs(self, method, num_inner_steps, learning_rate, early_stop_epsilon):
+        if method not in INVERSION_METHODS:
+            raise ValueError(f"`method` must be one of {INVERSION_METHODS}, got {method!r}.")
+        if not (isinstance(num_inner_steps, int) and not isinstance(num_inner_steps, bool) and num_inner_steps >= 1):
+            raise ValueError(f"`num_inner_steps` must be a positive int, got {num_inner_steps!r}.")
+        _check_finite(learning_rate, "learning_rate")
+        _check_finite(early_stop_epsilon, "early_stop_epsilon")
+        if not (_is_number(learning_rate) and learning_rate > 0):
+            raise ValueError(f"`learning_rate` must be a number > 0, got {learning_rate!r}.")
+        if not (_is_number(early_stop_epsilon) and early_stop_epsilon >= 0):
+            raise ValueError(f"`early_stop_epsilon` must be a number >= 0, got {early_stop_epsilon!r}.")
+        _warn_if_large(learning_rate, "learning_rate", "1e-3 to 1e-1 of null-text optimisation", 1.0)
+
     def _check_common_inputs(self, num_inference_steps, guidance_scale, generator):
         num_train = int(self.scheduler.config.num_train_timesteps)
         if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool):
@@ -599,6 +815,8 @@ class MagicRemoverPipeline(
             raise ValueError(f"`num_inference_steps` must be between 1 and {num_train}, got {num_inference_steps}.")
         if not _is_number(guidance_scale):
             raise TypeError(f"`guidance_scale` must be a number, got {type(guidance_scale).__name__}.")
+        _check_finite(guidance_scale, "guidance_scale")
+        _warn_if_large(guidance_scale, "guidance_scale", "1 to 20 of classifier-free guidance", 50.0)
         if not guidance_scale >= 1.0:
             raise ValueError(
                 f"`guidance_scale` must be >= 1 (classifier-free guidance w = 1 + s), got {guidance_scale}."
@@ -696,26 +914,25 @@ class MagicRemoverPipeline(
             raise ValueError("Pass `image` (to invert) or `inversion` (from `pipe.invert`).")
         if inversion is not None and not isinstance(inversion, MagicRemoverInversion):
             raise TypeError(f"`inversion` must be a MagicRemoverInversion from `pipe.invert`, got {type(inversion).__name__}.")
+        batch = inversion.batch_size if inversion is not None else None
         if image is not None:
-            _image_batch_and_size(image, "image")
+            batch = self._check_image(image)[0]
         if prompt is None and inversion is None:
             raise ValueError("`prompt` is required: a caption of the image that names the target.")
         targets = [target] if isinstance(target, str) else target
         if not (isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) for t in targets)):
             raise TypeError(f"`target` must be a word or phrase of the prompt (str) or a non-empty list of them, got {target!r}.")
-        captions = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, (list, tuple)) else []
-        if all(isinstance(p, str) and p.strip() for p in captions):  # other prompts are refused by _check_prompt
-            for caption in self._prompts(captions):  # a target missing from the prompt is known before any inversion
-                for word in targets:
-                    find_target_tokens(self.tokenizer, caption, word)
         if not _is_number(erase_lambda):
             raise TypeError(f"`erase_lambda` must be a number in [0, 1], got {type(erase_lambda).__name__}.")
+        _check_finite(erase_lambda, "erase_lambda")
         if not 0.0 <= erase_lambda <= 1.0:
             raise ValueError(f"`erase_lambda` (lambda of eq. 7) must be in [0, 1], got {erase_lambda}.")
         if not _is_number(attention_guidance_scale):
             raise TypeError(f"`attention_guidance_scale` must be a number, got {type(attention_guidance_scale).__name__}.")
+        _check_finite(attention_guidance_scale, "attention_guidance_scale")
         if attention_guidance_scale < 0:
             raise ValueError(f"`attention_guidance_scale` must be >= 0, got {attention_guidance_scale}.")
+        _warn_if_large(attention_guidance_scale, "attention_guidance_scale", "0 to 10 (the paper uses 1)", 1000.0)
         _check_timestep_range(guidance_timesteps, "guidance_timesteps", num_train)
         _check_timestep_range(optimization_timesteps, "optimization_timesteps", num_train)
         if not isinstance(optimization_steps, int) or isinstance(optimization_steps, bool) or optimization_steps < 0:
@@ -735,6 +952,7 @@ class MagicRemoverPipeline(
                 raise TypeError(
                     f"`attention_mask_threshold` must be None or a number in (0, 1), got {attention_mask_threshold!r}."
                 )
+            _check_finite(attention_mask_threshold, "attention_mask_threshold")
             if not 0.0 < attention_mask_threshold < 1.0:
                 raise ValueError(f"`attention_mask_threshold` must be in (0, 1), got {attention_mask_threshold}.")
         automatic_mask_used = (blend_outside_attention_mask or keep_input_outside_attention_mask) and mask_image is None
@@ -755,6 +973,11 @@ class MagicRemoverPipeline(
                     "`keep_input_outside_attention_mask` works on decoded images; use another `output_type` than "
                     "'latent' or turn it off."
                 )
+            if self._is_latent_image(image):
+                raise ValueError(
+                    "`keep_input_outside_attention_mask` takes the input's pixels, but `image` is latents; pass the "
+                    "image itself or turn it off."
+                )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if callback_on_step_end_tensor_inputs is not None and not all(
@@ -768,10 +991,17 @@ class MagicRemoverPipeline(
             if image is None and inversion is None:
                 raise ValueError("`mask_image` needs an `image` or an `inversion`.")
             mask_batch, mask_size = _image_batch_and_size(mask_image, "mask_image")
-            reference = _image_batch_and_size(image, "image")[1] if image is not None else tuple(inversion.image_size)
+            reference = self._image_batch_and_size(image)[1] if image is not None else tuple(inversion.image_size)
             if mask_size != tuple(reference):
                 raise ValueError(f"`mask_image` is {mask_size[0]}x{mask_size[1]} but the image is {reference[0]}x{reference[1]}.")
+        self._check_targets_in_prompt(prompt if prompt is not None else inversion.prompt, targets, batch)
         return targets
+
+    def _check_targets_in_prompt(self, prompt, targets, batch) -> None:
+        """Looks the targets' tokens up before any model pass: a typo must not cost an inversion."""
+        for text in self._check_prompt(prompt, batch):
+            for target in targets:
+                find_target_tokens(self.tokenizer, text, target)
 
     def _check_inversion_matches(self, inversion, prompts, num_inference_steps, guidance_scale, method, schedule, z0):
         def mismatch(what, made, used):
@@ -1017,7 +1247,7 @@ class MagicRemoverPipeline(
                                     prompt_embeds=prompt_embeds, clip_skip=clip_skip,
                                     cross_attention_kwargs=cross_attention_kwargs)  # fmt: skip
         else:
-            batch, size = _image_batch_and_size(image, "image") if image is not None else (inversion.batch_size, None)
+            batch, size = self._image_batch_and_size(image) if image is not None else (inversion.batch_size, None)
             if size is not None and (tuple(size) != tuple(inversion.image_size) or batch != inversion.batch_size):
                 raise ValueError(
                     f"`inversion` was made from {inversion.batch_size} image(s) of size {tuple(inversion.image_size)}; "
@@ -1026,7 +1256,7 @@ class MagicRemoverPipeline(
             prompts = self._check_prompt(prompt if prompt is not None else inversion.prompt, batch)
             z0 = None
             if image is not None:
-                z0 = self.encode_image(self._prepare_image(image, tuple(inversion.processing_size)))
+                z0 = self.image_latents(image, tuple(inversion.processing_size))
             self._check_inversion_matches(
                 inversion, prompts, num_inference_steps, guidance_scale, inversion_method, schedule, z0
             )
@@ -1269,7 +1499,7 @@ class MagicRemoverPipeline(
         return checked * 2 - 1, has_nsfw
 
 
-SIBLING_MODULES = ("attention_processors.py", "inversion.py")
+SIBLING_MODULES = ("attention_processors.py", "images.py", "inversion.py")
 
 
 def _carries_this_code(folder: Path) -> bool:

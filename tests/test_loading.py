@@ -26,10 +26,12 @@ def test_pipeline_file_defines_exactly_one_pipeline_and_imports_siblings_relativ
     absolute = [n for n in imports if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module.startswith("magic_remover")]
     absolute += [n for n in imports if isinstance(n, ast.Import) and any(a.name.startswith("magic_remover") for a in n.names)]
     assert not absolute
+    from magic_remover.pipeline_magic_remover import SIBLING_MODULES
+
+    # every sibling it imports travels with it (custom_pipeline, save_pretrained, the Hub repo)
     assert {n.module for n in imports if isinstance(n, ast.ImportFrom) and n.level == 1} == {
-        "attention_processors",
-        "inversion",
-    }
+        name.removesuffix(".py") for name in SIBLING_MODULES
+    } == {"attention_processors", "images", "inversion"}
     pipelines = [c for c in tree.body if isinstance(c, ast.ClassDef) and any(
         getattr(b, "id", None) == "DiffusionPipeline" for b in c.bases)]  # fmt: skip
     assert [c.name for c in pipelines] == ["MagicRemoverPipeline"]
@@ -57,7 +59,7 @@ def test_saved_folder_carries_its_code_and_loads_without_the_package(sd_folder, 
     pipeline = MagicRemoverPipeline.from_pretrained(sd_folder)
     folder = tmp_path / "with-code"
     pipeline.save_pretrained(folder)
-    assert {"pipeline.py", "attention_processors.py", "inversion.py"} <= {p.name for p in folder.iterdir()}
+    assert {"pipeline.py", "attention_processors.py", "images.py", "inversion.py"} <= {p.name for p in folder.iterdir()}
     loaded = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
     assert type(loaded).__name__ == "MagicRemoverPipeline" and type(loaded) is not MagicRemoverPipeline
     torch.testing.assert_close(quick_removal(loaded), quick_removal(pipeline))
