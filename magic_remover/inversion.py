@@ -244,6 +244,7 @@ class MagicRemoverInversion:
 SAVED_TENSORS = ("latents", "null_embeddings", "prompt_embeds", "timesteps")
 SAVED_SETTINGS = ("prompt", "num_inference_steps", "guidance_scale", "method", "image_size", "processing_size",
                   "final_losses")  # fmt: skip
+OPTIONAL_SETTINGS = ("clip_skip", "lora_scale")  # absent from files saved before they were recorded
 
 
 def check_saved_inversion(tensors: dict, settings, where: str) -> None:
@@ -262,8 +263,9 @@ def check_saved_inversion(tensors: dict, settings, where: str) -> None:
 
     if not isinstance(settings, dict):
         raise bad("settings", "a JSON object", type(settings).__name__)
-    for names, what in ((SAVED_TENSORS, tensors), (SAVED_SETTINGS, settings)):
-        missing, extra = sorted(set(names) - set(what)), sorted(set(what) - set(names))
+    for names, what, optional in ((SAVED_TENSORS, tensors, ()), (SAVED_SETTINGS, settings, OPTIONAL_SETTINGS)):
+        missing = sorted(set(names) - set(what))
+        extra = sorted(set(what) - set(names) - set(optional))
         if missing or extra:
             raise ValueError(f"{where}: the inversion file has missing {missing} or unexpected {extra} entries.")
     prompt, steps, method = settings["prompt"], settings["num_inference_steps"], settings["method"]
@@ -279,6 +281,11 @@ def check_saved_inversion(tensors: dict, settings, where: str) -> None:
     for name in ("image_size", "processing_size"):
         if not is_size(settings[name]):
             raise bad(name, "a [height, width] pair of positive ints", settings[name])
+    clip_skip, lora_scale = settings.get("clip_skip"), settings.get("lora_scale", 1.0)
+    if not (clip_skip is None or (is_int(clip_skip) and clip_skip >= 0)):
+        raise bad("clip_skip", "None or an int >= 0", clip_skip)
+    if not (isinstance(lora_scale, (int, float)) and not isinstance(lora_scale, bool) and abs(lora_scale) < float("inf")):
+        raise bad("lora_scale", "a finite number", lora_scale)
     losses = settings["final_losses"]
     if not (isinstance(losses, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in losses)):
         raise bad("final_losses", "a list of numbers", losses)

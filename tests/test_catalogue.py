@@ -318,6 +318,8 @@ INVERSION_ROWS = {
     "image_size of one number": (tamper_settings(image_size=[32]), "`image_size` must be a [height, width]"),
     "processing_size not a multiple of the latents": (tamper_settings(processing_size=[33, 32]), "`processing_size`"),
     "final_losses a number": (tamper_settings(final_losses=0.1), "`final_losses`"),
+    "clip_skip negative": (tamper_settings(clip_skip=-1), "`clip_skip` must be None or an int"),
+    "lora_scale a string": (tamper_settings(lora_scale="1"), "`lora_scale` must be a finite number"),
     "a setting missing": (drop_setting("method"), "missing ['method']"),
     "a setting added": (tamper_settings(extra=1), "unexpected ['extra']"),
     "latents with a step cut": (replace_tensor("latents", lambda t: t[:-1]), "`latents`"),
