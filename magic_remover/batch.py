@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import os
 import re
@@ -231,6 +232,19 @@ def outputs_complete(row: Row) -> bool:
     return bool(row.outputs) and all(p.is_file() for p in row.outputs)
 
 
+def remove_stale_temporaries(rows: list[Row]) -> int:
+    """Deletes the temporary files a kill left behind while writing these rows' outputs (``write_image_atomically``
+    names them ``.<stem>.<random><suffix>`` beside the output); returns how many."""
+    removed = 0
+    for row in rows:
+        for path in row.outputs:
+            if path.parent.is_dir():
+                for stale in path.parent.glob(f".{glob.escape(path.stem)}.*{glob.escape(path.suffix or '.png')}"):
+                    stale.unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
 def group_rows(rows: list[Row]) -> list[list[Row]]:
     """Rows with the same image file and prompt, in the order their first row appears: one inversion each."""
     groups: dict[tuple[str, str], list[Row]] = {}
@@ -374,10 +388,10 @@ def _load_mask(row: Row, image_size: tuple[int, int], processing_size: tuple[int
     return mask.resize(processing_size) if processing_size != image_size else mask
 
 
-def remove_group(pipe, group: list[Row], settings: BatchSettings, outdir: Path) -> list[dict]:
-    """Inverts the group's image once and removes each row's target from that inversion; writes the outputs
-    atomically and returns one record per row (status ``done`` or ``failed``). A row's failure does not stop the
-    others; an unreadable image or a failed inversion fails every row of the group."""
+def remove_group(pipe, group: list[Row], settings: BatchSettings, outdir: Path):
+    """Inverts the group's image once and removes each row's target from that inversion, writing the outputs
+    atomically; yields one record per row (status ``done`` or ``failed``) as soon as the row is finished. A row's
+    failure does not stop the others; an unreadable image or a failed inversion fails every row of the group."""
     import torch
 
     from .cli import map_to_image
@@ -390,11 +404,12 @@ def remove_group(pipe, group: list[Row], settings: BatchSettings, outdir: Path) 
         inversion = pipe.invert(image, group[0].prompt, num_inference_steps=settings.steps, **settings.invert)
     except Exception as error:  # noqa: BLE001 - recorded for each row; the batch goes on
         message = _error_message(error)
-        return [_record(row, outdir, "failed", message, seconds=round(time.perf_counter() - start, 3),
-                        settings=settings.record()) for row in group]  # fmt: skip
+        for row in group:
+            yield _record(row, outdir, "failed", message, seconds=round(time.perf_counter() - start, 3),
+                          settings=settings.record())  # fmt: skip
+        return
     inversion_seconds = time.perf_counter() - start
     resized = list(image.size) if image.size != original.size else None
-    records = []
     for row in group:
         row_start = time.perf_counter()
         try:
@@ -412,10 +427,9 @@ def remove_group(pipe, group: list[Row], settings: BatchSettings, outdir: Path) 
             status, message = "done", None
         except Exception as error:  # noqa: BLE001 - recorded; the batch goes on
             status, message = "failed", _error_message(error)
-        records.append(_record(row, outdir, status, message, seconds=round(time.perf_counter() - row_start, 3),
-                               inversion_seconds=round(inversion_seconds, 3), processed_size=resized,
-                               settings=settings.record()))  # fmt: skip
-    return records
+        yield _record(row, outdir, status, message, seconds=round(time.perf_counter() - row_start, 3),
+                      inversion_seconds=round(inversion_seconds, 3), processed_size=resized,
+                      settings=settings.record())  # fmt: skip
 
 
 def _error_message(error: BaseException) -> str:
@@ -425,14 +439,13 @@ def _error_message(error: BaseException) -> str:
 
 
 def _settings_for(pipe, args) -> BatchSettings:
-    import inspect
-
     from .images import default_max_size, trained_size
 
     steps, call = removal_settings(args.model, args.steps)
-    defaults = inspect.signature(type(pipe).__call__).parameters
-    invert = {"guidance_scale": call.get("guidance_scale", defaults["guidance_scale"].default),
-              "method": call.get("inversion_method", defaults["inversion_method"].default)}  # fmt: skip
+    # the inversion must be made with the removal call's guidance scale and method; where the call leaves them to
+    # the pipeline's defaults, so does the inversion (the pipeline checks that they match)
+    invert = {name: call[key] for key, name in (("guidance_scale", "guidance_scale"), ("inversion_method", "method"))
+              if key in call}  # fmt: skip
     max_size = args.max_size or default_max_size(trained_size(pipe))
     return BatchSettings(steps, call, args.seed, max_size, args.model, args.save_masks, invert)
 
@@ -461,6 +474,25 @@ def _silence_loading_bars() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+
+
+def _open_run(outdir: Path, failed: list[Row], skipped: list[Row], groups: list[list[Row]], settings) -> None:
+    """The main process's part of starting a run: tidies what a kill left (a torn line, temporary files, the
+    per-process records of a distributed run), then records the refused rows and the rows whose outputs exist
+    but were never recorded (a kill between the write and the record)."""
+    results = outdir / RESULTS_NAME
+    outdir.mkdir(parents=True, exist_ok=True)
+    repair_records(results)
+    remove_stale_temporaries([row for group in groups for row in group])
+    merge_process_records(outdir)
+    recorded = {(r.get("row"), r.get("output")) for r in read_records(results) if r.get("status") in ("done", "skipped")}
+    for row in failed:
+        append_record(results, _record(row, outdir, "failed", row.error, seconds=0.0, settings=settings.record()))
+        print(f"magic-remover: row {row.number}: {row.error}", file=sys.stderr)
+    for row in skipped:
+        if (row.number, _display(row.output, outdir)) not in recorded:
+            append_record(results, _record(row, outdir, "skipped", "outputs already complete", seconds=0.0,
+                                           settings=settings.record()))  # fmt: skip
 
 
 def process_state():
@@ -502,17 +534,7 @@ def run_batch(args) -> int:
     failed, skipped, groups = _plan(rows, pipe.tokenizer)
 
     if main:
-        outdir.mkdir(parents=True, exist_ok=True)
-        repair_records(results)
-        merge_process_records(outdir)  # a killed distributed run's records
-        recorded_done = {(r.get("row"), r.get("output")) for r in read_records(results) if r.get("status") == "done"}
-        for row in failed:
-            append_record(results, _record(row, outdir, "failed", row.error, seconds=0.0, settings=settings.record()))
-            print(f"magic-remover: row {row.number}: {row.error}", file=sys.stderr)
-        for row in skipped:  # outputs written by a run that was killed before it could record them
-            if (row.number, _display(row.output, outdir)) not in recorded_done:
-                append_record(results, _record(row, outdir, "skipped", "outputs already complete", seconds=0.0,
-                                               settings=settings.record()))  # fmt: skip
+        _open_run(outdir, failed, skipped, groups, settings)
         pending_rows = sum(len(g) for g in groups)
         say(f"batch: {len(rows)} rows; {len(skipped)} skipped (outputs complete), {len(failed)} refused, "
             f"{pending_rows} to run on {len(groups)} image(s)" + (f" over {state.num_processes} processes"
@@ -525,14 +547,14 @@ def run_batch(args) -> int:
     with state.split_between_processes(groups) as mine:
         bar = tqdm(mine, unit="image", desc=f"{prefix}removing", disable=args.quiet or not main, file=sys.stderr)
         for group in bar:
-            records = remove_group(pipe, group, settings, outdir)
-            for record in records:
+            records = []
+            for record in remove_group(pipe, group, settings, outdir):
                 record["process"] = state.process_index
-                append_record(mine_path, record)
-            own_records += records
-            for record in records:
+                append_record(mine_path, record)  # at once: a kill loses no finished row
+                records.append(record)
                 if record["status"] == "failed":
                     print(f"magic-remover: row {record['row']} ({record['image']}): {record['error']}", file=sys.stderr)
+            own_records += records
             finished = [r for r in records if r["status"] == "done"]
             if finished:
                 seconds = records[0].get("inversion_seconds", 0.0) + sum(r["seconds"] for r in records)
