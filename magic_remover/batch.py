@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import CommandError, load_pipeline, positive_int, removal_settings, write_image_atomically
+from .inversion import INVERSION_METHODS
 
 REQUIRED_COLUMNS = ("image", "prompt", "target")
 OPTIONAL_COLUMNS = ("mask", "output")
@@ -40,8 +41,8 @@ examples:
   magic-remover batch jobs.jsonl -o removed/ --save-masks --steps 10
   magic-remover batch photos/ --prompt "a photo of a dog on the grass" --target dog -o removed/ \\
       --model stable-diffusion-v1-5/stable-diffusion-v1-5
-  accelerate launch --num_processes 2 --cpu -m magic_remover.cli batch jobs.csv -o removed/   # 2 CPU processes
-  accelerate launch --num_processes 4 -m magic_remover.cli batch jobs.csv -o removed/ --model <SD id>  # 4 GPUs
+  accelerate launch --multi_gpu --num_processes 4 -m magic_remover.cli batch jobs.csv -o removed/ --model <SD id>
+      # 4 GPUs, one process each; on a machine without CUDA the same line runs 4 CPU processes
 
 A rerun of the same command skips every row whose outputs exist (delete an output to redo it); per-row status,
 errors, seconds, settings and outputs are in OUTDIR/results.jsonl. Exit status 1 when any row failed.
@@ -74,7 +75,8 @@ class Row:
 def _row_from_fields(number: int, fields: dict, base: Path) -> Row:
     """A row from a manifest record; missing or empty required fields make a row that carries its error."""
     unknown = sorted(set(fields) - set(REQUIRED_COLUMNS) - set(OPTIONAL_COLUMNS))
-    values = {k: ("" if fields.get(k) is None else str(fields.get(k)).strip()) for k in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
+    columns = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    values = {k: ("" if fields.get(k) is None else str(fields.get(k)).strip()) for k in columns}
     missing = [k for k in REQUIRED_COLUMNS if not values[k]]
 
     def path(value: str) -> Path | None:
@@ -321,7 +323,8 @@ def merge_process_records(outdir: Path) -> list[dict]:
     repair_records(results)
     existing = results.read_text(encoding="utf-8") if results.is_file() else ""
     present = set(existing.splitlines())
-    moved = sorted((r for part in parts for r in read_records(part)), key=lambda r: (r.get("row", 0), r.get("output", "")))
+    moved = sorted((r for part in parts for r in read_records(part)),
+                   key=lambda r: (r.get("row", 0), r.get("output", "")))  # fmt: skip
     lines = [json.dumps(r, sort_keys=True) for r in moved]
     _replace_text_atomically(results, existing + "".join(line + "\n" for line in lines if line not in present))
     for part in parts:
@@ -442,6 +445,8 @@ def _settings_for(pipe, args) -> BatchSettings:
     from .images import default_max_size, trained_size
 
     steps, call = removal_settings(args.model, args.steps)
+    if args.inversion_method is not None:
+        call["inversion_method"] = args.inversion_method
     # the inversion must be made with the removal call's guidance scale and method; where the call leaves them to
     # the pipeline's defaults, so does the inversion (the pipeline checks that they match)
     invert = {name: call[key] for key, name in (("guidance_scale", "guidance_scale"), ("inversion_method", "method"))
@@ -485,7 +490,8 @@ def _open_run(outdir: Path, failed: list[Row], skipped: list[Row], groups: list[
     repair_records(results)
     remove_stale_temporaries([row for group in groups for row in group])
     merge_process_records(outdir)
-    recorded = {(r.get("row"), r.get("output")) for r in read_records(results) if r.get("status") in ("done", "skipped")}
+    recorded = {(r.get("row"), r.get("output")) for r in read_records(results)
+                if r.get("status") in ("done", "skipped")}  # fmt: skip
     for row in failed:
         append_record(results, _record(row, outdir, "failed", row.error, seconds=0.0, settings=settings.record()))
         print(f"magic-remover: row {row.number}: {row.error}", file=sys.stderr)
@@ -558,8 +564,8 @@ def run_batch(args) -> int:
             finished = [r for r in records if r["status"] == "done"]
             if finished:
                 seconds = records[0].get("inversion_seconds", 0.0) + sum(r["seconds"] for r in records)
-                say(f"{prefix}{group[0].image.name}: removed " + ", ".join(f"{r['target']!r} -> {r['output']}" for r in finished)
-                    + f" ({seconds:.1f} s)")  # fmt: skip
+                removed = ", ".join(f"{r['target']!r} -> {r['output']}" for r in finished)
+                say(f"{prefix}{group[0].image.name}: removed {removed} ({seconds:.1f} s)")
     state.wait_for_everyone()
 
     if not main:
@@ -575,7 +581,8 @@ def run_batch(args) -> int:
 def add_batch_parser(sub) -> argparse.ArgumentParser:
     """Registers ``batch`` on the ``magic-remover`` command's subparsers."""
     batch = sub.add_parser("batch", help="remove objects from many images: a CSV/JSONL manifest or a folder",
-                           description="Removes objects from many images with one model load; a rerun resumes.", epilog=BATCH_EXAMPLES,
+                           description="Removes objects from many images with one model load; a rerun resumes.",
+                           epilog=BATCH_EXAMPLES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     batch.add_argument("jobs", help="a CSV or JSONL manifest (image,prompt,target[,mask,output]; paths relative to it) "
                        "or a folder of images")  # fmt: skip
@@ -583,11 +590,14 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     batch.add_argument("--prompt", default=None, help="with a folder: the caption of every image")
     batch.add_argument("--target", default=None, help="with a folder: the word or phrase to remove from every image")
     batch.add_argument("--model", default=None, help="Hub id or local folder (default: the embedded model)")
-    batch.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: 50, or the embedded model's)")
+    batch.add_argument("--steps", type=positive_int, default=None,
+                       help="DDIM steps (default: 50, or the embedded model's)")  # fmt: skip
+    batch.add_argument("--inversion-method", choices=INVERSION_METHODS, default=None,
+                       help="how each image is inverted (default: the model's, null-text for Stable Diffusion)")
     batch.add_argument("--save-masks", action="store_true", help="also write each target's soft map, <output>-mask.png")
     batch.add_argument("--max-size", type=positive_int, default=None,
-                       help="downscale longer sides above this for processing; results come back at the input's size "
-                       "(default: twice the model's trained size for small models, 1.5x for Stable Diffusion)")  # fmt: skip
+                       help="process images whose longer side is larger scaled down to it, and write the results "
+                       "at the input's size (default: 2x the trained size for small models, 1.5x for SD)")
     batch.add_argument("--seed", type=int, default=0, help="random seed of every removal")
     batch.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (per process)")
     batch.add_argument("--quiet", action="store_true", help="no progress bar and no line per image")

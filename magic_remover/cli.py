@@ -21,7 +21,7 @@ examples:
   magic-remover ui --model stable-diffusion-v1-5/stable-diffusion-v1-5 --host 0.0.0.0 --port 8080
   magic-remover batch jobs.csv -o removed/              # many images, one model load; rerun to resume
   magic-remover batch photos/ --prompt "a photo of a dog on the grass" --target dog -o removed/
-  accelerate launch --num_processes 2 -m magic_remover.cli batch jobs.csv -o removed/   # 2 processes or GPUs
+  accelerate launch --multi_gpu --num_processes 2 -m magic_remover.cli batch jobs.csv -o removed/  # 2 GPUs (or CPUs)
 """
 
 

@@ -14,12 +14,14 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from tiny_components import make_test_image, tiny_components
 
+import magic_remover
 from magic_remover.batch import Row, assign_outputs, read_jobs, read_records, repair_records
 from magic_remover.cli import CommandError, main
 from magic_remover.pipeline_magic_remover import MagicRemoverPipeline
 
 PROMPT = "a photo of a red ball on the grass"
 ROOT = Path(__file__).resolve().parent.parent
+FAST = ("--inversion-method", "ddim")  # null-text inversion is 20x slower and not what these tests are about
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def images(folder: Path, count: int, size=(32, 32)) -> list[str]:
 
 
 def batch(jobs, outdir, model, *extra) -> int:
-    return main(["batch", str(jobs), "-o", str(outdir), "--model", model, "--steps", "3", "--quiet", *extra])
+    return main(["batch", str(jobs), "-o", str(outdir), "--model", model, "--steps", "3", "--quiet", *FAST, *extra])
 
 
 def records_by_row(outdir: Path) -> dict[int, list[dict]]:
@@ -216,7 +218,8 @@ def test_one_inversion_per_image_is_shared_by_its_targets(tmp_path, tiny_model, 
     assert sorted(records) == [1, 2, 3, 4] and all(len(r) == 1 and r[0]["status"] == "done" for r in records.values())
     record = records[3][0]
     assert record["output"] == "img0-no-grass.png" and record["mask_output"] == "img0-no-grass-mask.png"
-    assert record["settings"]["num_inference_steps"] == 3 and record["seconds"] > 0 and record["error"] is None
+    assert record["settings"]["num_inference_steps"] == 3 and record["settings"]["inversion_method"] == "ddim"
+    assert record["seconds"] > 0 and record["error"] is None
     assert records[1][0]["inversion_seconds"] == records[3][0]["inversion_seconds"]  # one inversion for both
 
 
@@ -260,7 +263,7 @@ def test_a_killed_run_resumes_with_nothing_lost_and_nothing_done_twice(tmp_path,
 
     calls.inversions = calls.removals = 0
     calls.interrupt_at = None
-    assert main(["batch", str(jobs), "-o", str(out), "--model", tiny_model, "--steps", "3"]) == 0
+    assert main(["batch", str(jobs), "-o", str(out), "--model", tiny_model, "--steps", "3", *FAST]) == 0
     said = capsys.readouterr().out
     assert "3 skipped (outputs complete)" in said and "3 done, 3 skipped, 0 failed" in said
     assert calls.removals == 3 and calls.inversions == 2  # img1 again (its inversion was lost in the kill), img2
@@ -281,7 +284,7 @@ def test_large_inputs_are_processed_at_max_size_and_returned_at_their_size(tmp_p
     size = Image.open(tmp_path / "wide.png").size
     assert max(size) == 48
     assert main(["batch", str(tmp_path), "--prompt", PROMPT, "--target", "ball", "-o", str(tmp_path / "out"),
-                 "--model", tiny_model, "--steps", "3", "--max-size", "24", "--quiet", "--save-masks"]) == 0  # fmt: skip
+                 "--model", tiny_model, "--steps", "3", "--max-size", "24", "--quiet", "--save-masks", *FAST]) == 0
     assert Image.open(tmp_path / "out" / "wide-no-ball.png").size == size
     assert Image.open(tmp_path / "out" / "wide-no-ball-mask.png").size == size
     (record,) = read_records(tmp_path / "out" / "results.jsonl")
@@ -327,7 +330,7 @@ def test_two_accelerate_processes_equal_one_process_image_for_image(tmp_path, ti
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()),
                "-m", "magic_remover.cli", "batch", str(jobs), "-o", str(tmp_path / "two"), "--model", tiny_model,
-               "--steps", "3", "--threads", "1", "--quiet"]  # fmt: skip
+               "--steps", "3", "--threads", "1", "--quiet", *FAST]  # fmt: skip
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
@@ -341,3 +344,22 @@ def test_two_accelerate_processes_equal_one_process_image_for_image(tmp_path, ti
     by_row = {r["row"]: r["process"] for r in records}
     assert by_row[1] == by_row[2]  # the two targets of img0 stayed in one process, sharing its inversion
     assert not list((tmp_path / "two").glob("results.process-*"))  # merged into results.jsonl
+
+
+@pytest.mark.skipif(not (Path(magic_remover.EMBEDDED_MODEL) / "model_index.json").is_file(),
+                    reason="the embedded model has not been trained into this checkout")  # fmt: skip
+def test_batch_runs_on_the_embedded_model_with_its_tuned_settings(tmp_path, calls):
+    from magic_remover.scenes import make_scene
+
+    scene = make_scene(5, size=64, num_objects=2)
+    scene.image.save(tmp_path / "scene.png")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps({"image": "scene.png", "prompt": scene.caption, "target": o.shape}) + "\n"
+                            for o in scene.objects))  # fmt: skip
+    assert main(["batch", str(jobs), "-o", str(tmp_path / "out"), "--steps", "3", "--quiet", *FAST]) == 0
+    assert calls.inversions == 1 and calls.removals == 2
+    records = read_records(tmp_path / "out" / "results.jsonl")
+    assert [r["status"] for r in records] == ["done", "done"]
+    assert records[0]["settings"]["keep_input_outside_attention_mask"] is True  # the model's tuned settings
+    for record in records:
+        assert Image.open(tmp_path / "out" / record["output"]).size == (64, 64)
