@@ -74,18 +74,18 @@ class Row:
 
 def _row_from_fields(number: int, fields: dict, base: Path) -> Row:
     """A row from a manifest record; missing or empty required fields make a row that carries its error."""
-    unknown = sorted(set(fields) - set(REQUIRED_COLUMNS) - set(OPTIONAL_COLUMNS))
     columns = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     values = {k: ("" if fields.get(k) is None else str(fields.get(k)).strip()) for k in columns}
+
+    def input_path(value: str) -> Path | None:  # relative to the manifest's folder
+        return None if not value else Path(value) if Path(value).is_absolute() else base / value
+
+    row = Row(number, input_path(values["image"]), values["prompt"], values["target"], mask=input_path(values["mask"]))
+    row.output = Path(values["output"]) if values["output"] else None  # relative to OUTDIR: resolved by assign_outputs
+    unknown = sorted(set(fields) - set(columns))
     missing = [k for k in REQUIRED_COLUMNS if not values[k]]
-
-    def path(value: str) -> Path | None:
-        return (base / value) if value and not Path(value).is_absolute() else (Path(value) if value else None)
-
-    row = Row(number, path(values["image"]), values["prompt"], values["target"], mask=path(values["mask"]))
-    row.output = Path(values["output"]) if values["output"] else None  # relative to OUTDIR, resolved later
     if unknown:
-        row.error = f"unknown field(s) {', '.join(unknown)}; expected {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}"
+        row.error = f"unknown field(s) {', '.join(unknown)}; expected {', '.join(columns)}"
     elif missing:
         row.error = f"missing {', '.join(missing)}"
     return row
