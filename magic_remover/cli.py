@@ -27,6 +27,9 @@ examples:
       --target circle -o no_circle.png                  # the embedded model (64x64 synthetic world)
   magic-remover ui                                     # a web page on http://127.0.0.1:7860 (pip install "magic-remover[ui]")
   magic-remover ui --model stable-diffusion-v1-5/stable-diffusion-v1-5 --host 0.0.0.0 --port 8080
+  magic-remover batch jobs.csv -o removed/              # many images, one model load; rerun to resume
+  magic-remover batch photos/ --prompt "a photo of a dog on the grass" --target dog -o removed/
+  accelerate launch --multi_gpu --num_processes 2 -m magic_remover.cli batch jobs.csv -o removed/  # 2 GPUs (or CPUs)
 """
 
 
@@ -42,8 +45,9 @@ def _embedded_model() -> str:
     return EMBEDDED_MODEL
 
 
-def load_pipeline(model: str | None, threads: int | None = None):
-    """Loads a MagicRemoverPipeline from the embedded model, a local folder or a Hub id, with a plain error offline."""
+def load_pipeline(model: str | None, threads: int | None = None, device=None):
+    """Loads a MagicRemoverPipeline from the embedded model, a local folder or a Hub id, with a plain error offline;
+    onto ``device``, or CUDA when there is one."""
     import torch
 
     from .pipeline_magic_remover import MagicRemoverPipeline
@@ -61,7 +65,9 @@ def load_pipeline(model: str | None, threads: int | None = None):
             "Without network access only local folders and models already in the Hugging Face cache can be loaded "
             "(set HF_HUB_OFFLINE=1 to use the cache)."
         ) from None
-    if torch.cuda.is_available():
+    if device is not None:
+        pipe = pipe.to(device)
+    elif torch.cuda.is_available():
         pipe = pipe.to("cuda")
     return pipe
 
@@ -449,8 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(page)
     page.set_defaults(func=command_ui)
 
+    from .batch import add_batch_parser
     from .hub import add_hub_parser
 
+    add_batch_parser(sub)
     add_hub_parser(sub)
     return parser
 

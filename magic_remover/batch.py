@@ -1,0 +1,605 @@
+"""``magic-remover batch``: many removals for one model load, resumable, and spread over processes with accelerate.
+
+The jobs are the rows of a manifest (CSV or JSONL with ``image,prompt,target`` and optional ``mask,output``) or every
+image of a folder with one prompt and target. Rows with the same image and prompt form a *group*: the image is
+inverted once (``pipe.invert``) and every target of the group is removed from that inversion
+(``pipe(inversion=..., target=...)``). A group is also the unit that is split between processes, so its inversion is
+never computed twice.
+
+Every output is written through a temporary file and an atomic rename, and every finished row appends one line to
+``OUTDIR/results.jsonl`` (flushed and fsynced), so a killed run loses nothing it finished; a rerun skips every row
+whose outputs all exist. Under ``accelerate launch`` each process appends to its own ``results.process-N.jsonl`` and
+the main process merges them into ``results.jsonl`` at the end (or at the start of the next run, after a kill).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cli import CommandError, load_pipeline, positive_int, removal_settings, write_image_atomically
+from .inversion import INVERSION_METHODS
+
+REQUIRED_COLUMNS = ("image", "prompt", "target")
+OPTIONAL_COLUMNS = ("mask", "output")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+RESULTS_NAME = "results.jsonl"
+PROCESS_RESULTS_PATTERN = "results.process-*.jsonl"
+
+BATCH_EXAMPLES = """\
+examples:
+  magic-remover batch jobs.csv -o removed/              # jobs.csv: image,prompt,target[,mask,output] per row
+  magic-remover batch jobs.jsonl -o removed/ --save-masks --steps 10
+  magic-remover batch photos/ --prompt "a photo of a dog on the grass" --target dog -o removed/ \\
+      --model stable-diffusion-v1-5/stable-diffusion-v1-5
+  accelerate launch --multi_gpu --num_processes 4 -m magic_remover.cli batch jobs.csv -o removed/ --model <SD id>
+      # 4 GPUs, one process each; on a machine without CUDA the same line runs 4 CPU processes
+
+A rerun of the same command skips every row whose outputs exist (delete an output to redo it); per-row status,
+errors, seconds, settings and outputs are in OUTDIR/results.jsonl. Exit status 1 when any row failed.
+"""
+
+
+@dataclass
+class Row:
+    """One removal asked for by the jobs: ``number`` is the manifest's line (JSONL) or data row (CSV), from 1."""
+
+    number: int
+    image: Path | None
+    prompt: str
+    target: str
+    mask: Path | None = None
+    output: Path | None = None
+    mask_output: Path | None = None
+    error: str | None = None  # a problem known before any model pass
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.output, self.mask_output) if p is not None]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the jobs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _row_from_fields(number: int, fields: dict, base: Path) -> Row:
+    """A row from a manifest record; missing or empty required fields make a row that carries its error."""
+    columns = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    values = {k: ("" if fields.get(k) is None else str(fields.get(k)).strip()) for k in columns}
+
+    def input_path(value: str) -> Path | None:  # relative to the manifest's folder
+        return None if not value else Path(value) if Path(value).is_absolute() else base / value
+
+    row = Row(number, input_path(values["image"]), values["prompt"], values["target"], mask=input_path(values["mask"]))
+    row.output = Path(values["output"]) if values["output"] else None  # relative to OUTDIR: resolved by assign_outputs
+    unknown = sorted(set(fields) - set(columns))
+    missing = [k for k in REQUIRED_COLUMNS if not values[k]]
+    if unknown:
+        row.error = f"unknown field(s) {', '.join(unknown)}; expected {', '.join(columns)}"
+    elif missing:
+        row.error = f"missing {', '.join(missing)}"
+    return row
+
+
+def _read_csv(path: Path) -> list[Row]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = [name.strip() for name in (reader.fieldnames or [])]
+        absent = [c for c in REQUIRED_COLUMNS if c not in header]
+        unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        if absent or unknown:
+            raise CommandError(
+                f"The manifest {path} has the columns {header}; it needs {', '.join(REQUIRED_COLUMNS)} and may have "
+                f"{', '.join(OPTIONAL_COLUMNS)}" + (f" (unknown: {', '.join(unknown)})." if unknown else ".")
+            )
+        reader.fieldnames = header
+        rows = []
+        for number, fields in enumerate(reader, start=1):
+            if None in fields:  # more cells than columns
+                fields = {k: v for k, v in fields.items() if k is not None}
+                row = _row_from_fields(number, fields, path.parent)
+                row.error = row.error or "more cells than the header has columns"
+            else:
+                row = _row_from_fields(number, fields, path.parent)
+            rows.append(row)
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[Row]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            fields = json.loads(line)
+        except json.JSONDecodeError as error:
+            rows.append(Row(number, None, "", "", error=f"not a JSON object ({error.msg})"))
+            continue
+        if not isinstance(fields, dict):
+            rows.append(Row(number, None, "", "", error=f"not a JSON object (a {type(fields).__name__})"))
+            continue
+        rows.append(_row_from_fields(number, fields, path.parent))
+    return rows
+
+
+def _read_folder(folder: Path, prompt: str, target: str) -> list[Row]:
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not p.name.startswith("."))  # fmt: skip
+    return [Row(number, path, prompt, target) for number, path in enumerate(images, start=1)]
+
+
+def read_jobs(jobs: str | os.PathLike, prompt: str | None = None, target: str | None = None) -> list[Row]:
+    """The rows of a CSV or JSONL manifest, or one row per image of a folder (then ``prompt`` and ``target`` are
+    required). Image and mask paths are taken relative to the manifest's folder; outputs stay as written (they are
+    relative to OUTDIR). A problem with the whole manifest raises ``CommandError``; one with a row is kept on the row
+    (``row.error``) so that the others can go on."""
+    jobs = Path(jobs)
+    if jobs.is_dir():
+        if not (prompt and prompt.strip()) or not (target and target.strip()):
+            raise CommandError(f"{jobs} is a folder: give --prompt and --target for all of its images.")
+        rows = _read_folder(jobs, prompt.strip(), target.strip())
+        if not rows:
+            raise CommandError(f"The folder {jobs} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+        return rows
+    if not jobs.is_file():
+        raise CommandError(f"The jobs {jobs} do not exist (a CSV or JSONL manifest, or a folder of images).")
+    if prompt is not None or target is not None:
+        raise CommandError("--prompt and --target are for a folder of images; a manifest gives them per row.")
+    suffix = jobs.suffix.lower()
+    if suffix == ".csv":
+        rows = _read_csv(jobs)
+    elif suffix in (".jsonl", ".ndjson"):
+        rows = _read_jsonl(jobs)
+    else:
+        raise CommandError(f"The manifest {jobs} must end in .csv or .jsonl, got {suffix or 'no suffix'!r}.")
+    if not rows:
+        raise CommandError(f"The manifest {jobs} holds no rows.")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output names
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name fragment: lower case, runs of anything but letters and digits become one ``-``."""
+    return re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-") or "target"
+
+
+def _same_file_key(path: Path) -> str:
+    return os.path.normcase(str(Path(path).resolve()))
+
+
+def assign_outputs(rows: list[Row], outdir: Path, save_masks: bool, protected: list[Path]) -> None:
+    """Gives every row its output paths, in place. A manifest's ``output`` is taken relative to ``outdir``; without
+    one the name is ``<image stem>-no-<target slug>.png`` in ``outdir``, with ``-2``, ``-3``, ... when an earlier row
+    or an input already has that name (so the names depend only on the jobs, and a rerun finds them again). With
+    ``save_masks`` each result gets ``<output stem>-mask.png`` beside it. A row whose output would overwrite an input
+    (any row's image or mask, or one of ``protected``) or another row's output gets an error instead."""
+    inputs = {_same_file_key(p): str(p) for p in protected}
+    for row in rows:
+        for path in (row.image, row.mask):
+            if path is not None:
+                inputs[_same_file_key(path)] = str(path)
+    taken: dict[str, int] = {}  # output -> the row number that claimed it
+
+    def claim(row: Row, path: Path) -> str | None:
+        key = _same_file_key(path)
+        if key in inputs:
+            return f"the output {path} would overwrite the input {inputs[key]}"
+        if key in taken:
+            return f"the output {path} is also the output of row {taken[key]}"
+        taken[key] = row.number
+        return None
+
+    def mask_path(output: Path) -> Path:
+        return output.with_name(f"{output.stem}-mask.png")
+
+    for row in rows:  # the manifest's own names first: a derived name never takes one of them
+        if row.error is None and row.output is not None:
+            row.output = row.output if row.output.is_absolute() else outdir / row.output
+            row.error = claim(row, row.output)
+            if row.error is None and save_masks:
+                row.mask_output = mask_path(row.output)
+                row.error = claim(row, row.mask_output)
+    for row in rows:
+        if row.error is not None or row.output is not None:
+            continue
+        stem = f"{row.image.stem}-no-{slug(row.target)}"
+        for attempt in range(1, len(rows) + len(inputs) + 2):
+            candidate = outdir / (f"{stem}.png" if attempt == 1 else f"{stem}-{attempt}.png")
+            wanted = [candidate] + ([mask_path(candidate)] if save_masks else [])
+            keys = [_same_file_key(p) for p in wanted]
+            if not any(k in inputs or k in taken for k in keys):
+                break
+        row.output = candidate
+        row.mask_output = mask_path(candidate) if save_masks else None
+        for key in keys:
+            taken[key] = row.number
+
+
+def outputs_complete(row: Row) -> bool:
+    """Whether every output of the row exists (outputs are only ever renamed into place whole)."""
+    return bool(row.outputs) and all(p.is_file() for p in row.outputs)
+
+
+def remove_stale_temporaries(rows: list[Row]) -> int:
+    """Deletes the temporary files a kill left behind while writing these rows' outputs (``write_image_atomically``
+    names them ``.<stem>.<random><suffix>`` beside the output); returns how many."""
+    removed = 0
+    for row in rows:
+        for path in row.outputs:
+            if path.parent.is_dir():
+                for stale in path.parent.glob(f".{glob.escape(path.stem)}.*{glob.escape(path.suffix or '.png')}"):
+                    stale.unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
+def group_rows(rows: list[Row]) -> list[list[Row]]:
+    """Rows with the same image file and prompt, in the order their first row appears: one inversion each."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((_same_file_key(row.image), row.prompt), []).append(row)
+    return list(groups.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# results.jsonl
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Appends one JSON line with a single write, flushed to disk, so a kill leaves whole lines only (at worst a
+    torn last line, which :func:`read_records` ignores and :func:`repair_records` removes)."""
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a results file, in order; a torn line (a kill during a write) is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _replace_text_atomically(path: Path, text: str) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def repair_records(path: Path) -> None:
+    """Drops a torn last line, so the next append starts on a line of its own."""
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            _replace_text_atomically(path, text[: text.rfind("\n") + 1])
+
+
+def merge_process_records(outdir: Path) -> list[dict]:
+    """Moves the records of every ``results.process-N.jsonl`` into ``results.jsonl`` (sorted by row, lines already
+    there not repeated, one atomic replace), removes those files, and returns the records moved."""
+    parts = sorted(outdir.glob(PROCESS_RESULTS_PATTERN))
+    if not parts:
+        return []
+    results = outdir / RESULTS_NAME
+    repair_records(results)
+    existing = results.read_text(encoding="utf-8") if results.is_file() else ""
+    present = set(existing.splitlines())
+    moved = sorted((r for part in parts for r in read_records(part)),
+                   key=lambda r: (r.get("row", 0), r.get("output", "")))  # fmt: skip
+    lines = [json.dumps(r, sort_keys=True) for r in moved]
+    _replace_text_atomically(results, existing + "".join(line + "\n" for line in lines if line not in present))
+    for part in parts:
+        part.unlink()
+    return moved
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchSettings:
+    steps: int
+    call: dict  # keyword arguments of every removal call (the model's tuned settings)
+    seed: int
+    max_size: int
+    model: str | None
+    save_masks: bool
+    invert: dict = field(default_factory=dict)  # the inversion's settings, equal to the call's
+
+    def record(self) -> dict:
+        return {"model": self.model or "embedded", "num_inference_steps": self.steps, "seed": self.seed,
+                "max_size": self.max_size, **self.call}  # fmt: skip
+
+
+def _display(path: Path | None, outdir: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(outdir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _record(row: Row, outdir: Path, status: str, error: str | None = None, **extra) -> dict:
+    return {"row": row.number, "image": None if row.image is None else str(row.image), "prompt": row.prompt,
+            "target": row.target, "mask": None if row.mask is None else str(row.mask),
+            "output": _display(row.output, outdir), "mask_output": _display(row.mask_output, outdir),
+            "status": status, "error": error, **extra}  # fmt: skip
+
+
+def _check_target(tokenizer, row: Row) -> str | None:
+    from .pipeline_magic_remover import find_target_tokens
+
+    try:
+        find_target_tokens(tokenizer, row.prompt, row.target)
+    except (ValueError, TypeError) as error:
+        return str(error)
+    return None
+
+
+def _load_mask(row: Row, image_size: tuple[int, int], processing_size: tuple[int, int]):
+    """The row's mask as a grey image at the processing size, or None; raises ValueError for a bad file."""
+    from .images import load_image_rgb
+
+    if row.mask is None:
+        return None
+    mask = load_image_rgb(row.mask).convert("L")
+    if mask.size != image_size:
+        raise ValueError(f"the mask {row.mask} is {mask.size[0]}x{mask.size[1]} but the image is "
+                         f"{image_size[0]}x{image_size[1]}")  # fmt: skip
+    return mask.resize(processing_size) if processing_size != image_size else mask
+
+
+def remove_group(pipe, group: list[Row], settings: BatchSettings, outdir: Path):
+    """Inverts the group's image once and removes each row's target from that inversion, writing the outputs
+    atomically; yields one record per row (status ``done`` or ``failed``) as soon as the row is finished. A row's
+    failure does not stop the others; an unreadable image or a failed inversion fails every row of the group."""
+    import torch
+
+    from .cli import map_to_image
+    from .images import fit_within, load_image_rgb, restore_size
+
+    start = time.perf_counter()
+    try:
+        original = load_image_rgb(group[0].image)
+        image = fit_within(original, settings.max_size)
+        inversion = pipe.invert(image, group[0].prompt, num_inference_steps=settings.steps, **settings.invert)
+    except Exception as error:  # noqa: BLE001 - recorded for each row; the batch goes on
+        message = _error_message(error)
+        for row in group:
+            yield _record(row, outdir, "failed", message, seconds=round(time.perf_counter() - start, 3),
+                          settings=settings.record())  # fmt: skip
+        return
+    inversion_seconds = time.perf_counter() - start
+    resized = list(image.size) if image.size != original.size else None
+    for row in group:
+        row_start = time.perf_counter()
+        try:
+            mask = _load_mask(row, original.size, image.size)
+            out = pipe(image=image, inversion=inversion, target=row.target, mask_image=mask,
+                       num_inference_steps=settings.steps, generator=torch.Generator().manual_seed(settings.seed),
+                       **settings.call)  # fmt: skip
+            for path in row.outputs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            protected = [p for p in (row.image, row.mask) if p is not None]
+            write_image_atomically(restore_size(out.images[0], original.size), row.output, True, protected)
+            if row.mask_output is not None:
+                soft_mask = restore_size(map_to_image(out.attention_maps[0]), original.size)
+                write_image_atomically(soft_mask, row.mask_output, True, protected)
+            status, message = "done", None
+        except Exception as error:  # noqa: BLE001 - recorded; the batch goes on
+            status, message = "failed", _error_message(error)
+        yield _record(row, outdir, status, message, seconds=round(time.perf_counter() - row_start, 3),
+                      inversion_seconds=round(inversion_seconds, 3), processed_size=resized,
+                      settings=settings.record())  # fmt: skip
+
+
+def _error_message(error: BaseException) -> str:
+    if isinstance(error, (ValueError, TypeError, CommandError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _settings_for(pipe, args) -> BatchSettings:
+    from .images import default_max_size, trained_size
+
+    steps, call = removal_settings(args.model, args.steps)
+    if args.inversion_method is not None:
+        call["inversion_method"] = args.inversion_method
+    # the inversion must be made with the removal call's guidance scale and method; where the call leaves them to
+    # the pipeline's defaults, so does the inversion (the pipeline checks that they match)
+    invert = {name: call[key] for key, name in (("guidance_scale", "guidance_scale"), ("inversion_method", "method"))
+              if key in call}  # fmt: skip
+    max_size = args.max_size or default_max_size(trained_size(pipe))
+    return BatchSettings(steps, call, args.seed, max_size, args.model, args.save_masks, invert)
+
+
+def _plan(rows: list[Row], tokenizer) -> tuple[list[Row], list[Row], list[list[Row]]]:
+    """``(failed, skipped, groups to run)``: rows with a known error (including a target not in the prompt), rows
+    whose outputs all exist, and the rest grouped by image and prompt. Every process computes the same plan."""
+    failed, skipped, pending = [], [], []
+    for row in rows:
+        if row.error is None and not row.image.is_file():
+            row.error = f"the image {row.image} does not exist" + (" (it is a folder)" if row.image.is_dir() else "")
+        if row.error is None:
+            row.error = _check_target(tokenizer, row)
+        if row.error is not None:
+            failed.append(row)
+        elif outputs_complete(row):
+            skipped.append(row)
+        else:
+            pending.append(row)
+    return failed, skipped, group_rows(pending)
+
+
+def _silence_loading_bars() -> None:
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _open_run(outdir: Path, failed: list[Row], skipped: list[Row], groups: list[list[Row]], settings) -> None:
+    """The main process's part of starting a run: tidies what a kill left (a torn line, temporary files, the
+    per-process records of a distributed run), then records the refused rows and the rows whose outputs exist
+    but were never recorded (a kill between the write and the record)."""
+    results = outdir / RESULTS_NAME
+    outdir.mkdir(parents=True, exist_ok=True)
+    repair_records(results)
+    remove_stale_temporaries([row for group in groups for row in group])
+    merge_process_records(outdir)
+    recorded = {(r.get("row"), r.get("output")) for r in read_records(results)
+                if r.get("status") in ("done", "skipped")}  # fmt: skip
+    for row in failed:
+        append_record(results, _record(row, outdir, "failed", row.error, seconds=0.0, settings=settings.record()))
+        print(f"magic-remover: row {row.number}: {row.error}", file=sys.stderr)
+    for row in skipped:
+        if (row.number, _display(row.output, outdir)) not in recorded:
+            append_record(results, _record(row, outdir, "skipped", "outputs already complete", seconds=0.0,
+                                           settings=settings.record()))  # fmt: skip
+
+
+def process_state():
+    """accelerate's ``PartialState`` for this process: one process unless started by ``accelerate launch``
+    (or torchrun). A launch on a machine without CUDA runs its processes on the CPU, talking over gloo; so does one
+    launched with ``--cpu`` (``ACCELERATE_USE_CPU``)."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    launched = os.environ.get("LOCAL_RANK") is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not torch.cuda.is_available()))
+
+
+def run_batch(args) -> int:
+    """The ``batch`` command: 0 when every row is done or skipped, 1 when any row failed, 2 for a bad command."""
+    from tqdm.auto import tqdm
+
+    outdir = Path(args.output)
+    jobs = Path(args.jobs)
+    if outdir.exists() and not outdir.is_dir():
+        raise CommandError(f"-o {outdir} is a file; batch writes into a folder.")
+    if jobs.is_dir() and _same_file_key(jobs) == _same_file_key(outdir):
+        raise CommandError(f"-o {outdir} is the folder of input images; choose another folder for the results.")
+    rows = read_jobs(jobs, args.prompt, args.target)
+    results = outdir / RESULTS_NAME
+    protected = [jobs] if jobs.is_file() else []
+    assign_outputs(rows, outdir, args.save_masks, protected + [results])
+
+    state = process_state()
+    main = state.is_main_process
+    if args.quiet:
+        _silence_loading_bars()
+    say = (lambda text: None) if args.quiet else (lambda text: tqdm.write(text, file=sys.stdout))
+    start = time.perf_counter()
+    pipe = load_pipeline(args.model, args.threads, device=state.device)
+    pipe.set_progress_bar_config(disable=True)
+    settings = _settings_for(pipe, args)
+    failed, skipped, groups = _plan(rows, pipe.tokenizer)
+
+    if main:
+        _open_run(outdir, failed, skipped, groups, settings)
+        pending_rows = sum(len(g) for g in groups)
+        say(f"batch: {len(rows)} rows; {len(skipped)} skipped (outputs complete), {len(failed)} refused, "
+            f"{pending_rows} to run on {len(groups)} image(s)" + (f" over {state.num_processes} processes"
+                                                                 if state.num_processes > 1 else ""))  # fmt: skip
+    state.wait_for_everyone()  # nobody writes an output before every process has planned
+
+    mine_path = results if state.num_processes == 1 else outdir / f"results.process-{state.process_index}.jsonl"
+    prefix = f"[process {state.process_index}] " if state.num_processes > 1 else ""
+    own_records: list[dict] = []
+    with state.split_between_processes(groups) as mine:
+        bar = tqdm(mine, unit="image", desc=f"{prefix}removing", disable=args.quiet or not main, file=sys.stderr)
+        for group in bar:
+            records = []
+            for record in remove_group(pipe, group, settings, outdir):
+                record["process"] = state.process_index
+                append_record(mine_path, record)  # at once: a kill loses no finished row
+                records.append(record)
+                if record["status"] == "failed":
+                    print(f"magic-remover: row {record['row']} ({record['image']}): {record['error']}", file=sys.stderr)
+            own_records += records
+            finished = [r for r in records if r["status"] == "done"]
+            if finished:
+                seconds = records[0].get("inversion_seconds", 0.0) + sum(r["seconds"] for r in records)
+                removed = ", ".join(f"{r['target']!r} -> {r['output']}" for r in finished)
+                say(f"{prefix}{group[0].image.name}: removed {removed} ({seconds:.1f} s)")
+    state.wait_for_everyone()
+
+    if not main:
+        return 1 if any(r["status"] == "failed" for r in own_records) else 0
+    run_records = merge_process_records(outdir) if state.num_processes > 1 else own_records
+    done = sum(r["status"] == "done" for r in run_records)
+    failures = len(failed) + sum(r["status"] == "failed" for r in run_records)
+    say(f"batch: {done} done, {len(skipped)} skipped, {failures} failed in {time.perf_counter() - start:.1f} s "
+        f"-> {results}")  # fmt: skip
+    return 1 if failures else 0
+
+
+def add_batch_parser(sub) -> argparse.ArgumentParser:
+    """Registers ``batch`` on the ``magic-remover`` command's subparsers."""
+    batch = sub.add_parser("batch", help="remove objects from many images: a CSV/JSONL manifest or a folder",
+                           description="Removes objects from many images with one model load; a rerun resumes.",
+                           epilog=BATCH_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    batch.add_argument("jobs", help="a CSV or JSONL manifest (image,prompt,target[,mask,output]; paths relative to it) "
+                       "or a folder of images")  # fmt: skip
+    batch.add_argument("-o", "--output", required=True, help="folder for the results and results.jsonl")
+    batch.add_argument("--prompt", default=None, help="with a folder: the caption of every image")
+    batch.add_argument("--target", default=None, help="with a folder: the word or phrase to remove from every image")
+    batch.add_argument("--model", default=None, help="Hub id or local folder (default: the embedded model)")
+    batch.add_argument("--steps", type=positive_int, default=None,
+                       help="DDIM steps (default: 50, or the embedded model's)")  # fmt: skip
+    batch.add_argument("--inversion-method", choices=INVERSION_METHODS, default=None,
+                       help="how each image is inverted (default: the model's, null-text for Stable Diffusion)")
+    batch.add_argument("--save-masks", action="store_true", help="also write each target's soft map, <output>-mask.png")
+    batch.add_argument("--max-size", type=positive_int, default=None,
+                       help="process images whose longer side is larger scaled down to it, and write the results "
+                       "at the input's size (default: 2x the trained size for small models, 1.5x for SD)")
+    batch.add_argument("--seed", type=int, default=0, help="random seed of every removal")
+    batch.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (per process)")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar and no line per image")
+    batch.set_defaults(func=run_batch)
+    return batch
