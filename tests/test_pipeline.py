@@ -69,6 +69,49 @@ def test_mask_keeps_the_result_equal_to_the_reconstruction_outside_it(pipe, imag
     assert np.abs(out.images[0][~outside] - out.reconstructions[0][~outside]).max() > 0
 
 
+def test_mask_keeps_the_edit_latent_equal_to_the_reconstruction_outside_it(pipe, inversion):
+    """Appendix A.4's blend in latent space: what ``output_type="latent"`` hands to img2img has the reconstruction's
+    latent outside the mask (the pixel blend after decoding cannot hide a missing latent blend here)."""
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 6:22] = 255  # latent pixels [4:12, 3:11], whose 2x2 pixel blocks are all inside
+    out = pipe(prompt=PROMPT, target="ball", inversion=inversion, mask_image=PIL.Image.fromarray(mask),
+               num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    outside = torch.ones(16, 16, dtype=torch.bool)
+    outside[4:12, 3:11] = False
+    torch.testing.assert_close(out.images[..., outside], out.reconstructions[..., outside], rtol=0, atol=0)
+    assert (out.images[..., ~outside] - out.reconstructions[..., ~outside]).abs().max() > 1e-3
+
+
+def _edit_after_the_reconstruction_is_disturbed(pipe, inversion, self_attention_guidance, disturb):
+    """The edit branch's result (attention guidance 0, four DDIM steps) when the reconstruction branch's latent alone
+    is moved after step 1, once the branches have separated (step 0 is guided), or left alone."""
+
+    def move_the_reconstruction(pipeline, step, timestep, tensors):
+        if disturb and step == 1:
+            noise = torch.randn(tensors["reconstruction_latents"].shape, generator=torch.Generator().manual_seed(0))
+            return {"reconstruction_latents": tensors["reconstruction_latents"] + 0.5 * noise}
+        return {}
+
+    return pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=4, inversion_method="ddim",
+                output_type="latent", attention_guidance_scale=0.0, self_attention_guidance=self_attention_guidance,
+                callback_on_step_end=move_the_reconstruction,
+                callback_on_step_end_tensor_inputs=["reconstruction_latents"]).images  # fmt: skip
+
+
+def test_the_edit_branch_attends_to_the_reconstruction_only_through_the_self_attention_swap(pipe, image):
+    """Eq. 10 is the only path from the reconstruction branch into the edit branch (without a mask): with the swap off
+    the edit result cannot depend on the reconstruction's latents; with it on, their keys and values reach it.
+    (test_attention_processors.py checks the swapped attention itself against softmax(Q_edit K_rec^T / sqrt(d)) V_rec.)"""
+    inversion = pipe.invert(image, PROMPT, num_inference_steps=4, method="ddim")
+    for swap in (False, True):
+        kept = _edit_after_the_reconstruction_is_disturbed(pipe, inversion, swap, disturb=False)
+        moved = _edit_after_the_reconstruction_is_disturbed(pipe, inversion, swap, disturb=True)
+        if swap:
+            assert (moved - kept).abs().max() > 1e-3  # the tiny model's self-attention is weak
+        else:
+            torch.testing.assert_close(moved, kept, rtol=0, atol=0)
+
+
 def test_keep_input_outside_the_automatic_mask(pipe, image, inversion):
     base = dict(image=image, prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS,
                 attention_guidance_scale=GUIDANCE, output_type="np")  # fmt: skip
