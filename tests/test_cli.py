@@ -9,7 +9,7 @@ from PIL import Image
 from tiny_components import make_test_image, tiny_components
 
 import magic_remover
-from magic_remover.cli import main
+from magic_remover.cli import main, write_image_atomically
 
 HAS_EMBEDDED = (Path(magic_remover.EMBEDDED_MODEL) / "model_index.json").is_file()
 PROMPT = "a photo of a red ball on the grass"
@@ -42,6 +42,27 @@ def test_remove_writes_result_and_mask_atomically(tmp_path, photo, tiny_model):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+def test_a_save_that_fails_midway_leaves_the_existing_file_intact_and_no_temporary(tmp_path):
+    existing = tmp_path / "result.png"
+    make_test_image((8, 8)).save(existing)
+    before = existing.read_bytes()
+    image = make_test_image((32, 32))
+
+    def save_half_then_fail(target, *args, **kwargs):
+        with open(target, "wb") as handle:
+            handle.write(b"\x89PNG half a file")
+        raise OSError("disk full")
+
+    image.save = save_half_then_fail
+    with pytest.raises(OSError, match="disk full"):
+        write_image_atomically(image, existing, force=True, protected=[])
+    assert existing.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["result.png"]
+    del image.save  # the real save: the same call now replaces the file
+    write_image_atomically(image, existing, force=True, protected=[])
+    assert Image.open(existing).size == (32, 32) and [p.name for p in tmp_path.iterdir()] == ["result.png"]
 
 
 def test_remove_refuses_to_overwrite(tmp_path, photo, tiny_model, capsys):

@@ -89,16 +89,25 @@ def test_a_removal_feeds_img2img_as_an_image_and_as_latents(sd):
     latents = quick_removal(remover, output_type="latent")
     as_np = quick_removal(remover, output_type="np")
 
-    # the latents are in SD's convention (VAE latents times scaling_factor): img2img's VAE decodes them to the result
+    # one result in three forms: the PIL image is the array quantised, and the latents are in SD's convention (VAE
+    # latents times scaling_factor), so img2img's VAE decodes them to the same result
+    np.testing.assert_allclose(np.asarray(pixels, dtype=np.float32) / 255, as_np[0], atol=0.5 / 255 + 1e-6)
     with torch.no_grad():
         decoded = img2img.vae.decode(latents / img2img.vae.config.scaling_factor).sample
     np.testing.assert_allclose(img2img.image_processor.postprocess(decoded, output_type="np"), as_np, atol=1e-5)
 
-    kwargs = dict(prompt=PROMPT, strength=0.7, num_inference_steps=3, output_type="np")
-    from_pixels = img2img(image=pixels, generator=torch.Generator().manual_seed(0), **kwargs).images
-    from_latents = img2img(image=latents, generator=torch.Generator().manual_seed(0), **kwargs).images
-    assert from_pixels.shape == from_latents.shape == (1, 32, 32, 3)
-    assert np.isfinite(from_pixels).all() and np.isfinite(from_latents).all()
+    def refine(image):  # strength 0.4 of 3 steps: one denoising step from the given image, noised to t = 334
+        return img2img(image=image, prompt=PROMPT, strength=0.4, num_inference_steps=3, output_type="np",
+                       generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+
+    # img2img takes the latents as its starting point: it ends near the removal (measured 0.004 mean absolute
+    # difference), not where it ends from other latents (the same, mirrored: 0.16)
+    from_latents, from_mirrored = refine(latents), refine(latents.flip(-1))
+    assert np.abs(from_latents - as_np).mean() < 0.2 * np.abs(from_mirrored - as_np).mean()
+    # and the PIL image as the pixels it holds: the same result as from the float array, up to quantisation
+    from_pixels = refine(pixels)
+    assert from_pixels.shape == (1, 32, 32, 3)
+    np.testing.assert_allclose(from_pixels, refine(as_np), atol=0.02)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -92,8 +92,12 @@ def test_benchmark_quick_runs_end_to_end(tmp_path):
     for key in ("detector", "ae", "t2i", "attention"):
         assert key in res
     assert "PSNR" in text and "Attention localisation" in text and "Command:" in text and "Machine:" in text
-    assert np.isfinite(res["ae"]["psnr"])
-    assert 0.0 <= res["attention"]["iou_top20"] <= 1.0
+    assert res["ae"]["psnr"] >= 26.0  # test_embedded_model.py's bar for the shipped autoencoder
+    attention = res["attention"]
+    # the map finds the object: its top-N region (N = the object's area) overlaps the object far better than a
+    # centred disc of that area does (measured 0.76 against 0.02 here), and the top-20% IoU respects its bound
+    assert attention["iou_topA"] > attention["base_topA"] + 0.3, attention
+    assert attention["iou_top20"] <= attention["iou_top20_max"] + 1e-9 and attention["hit"] >= 0.5, attention
 
 
 @pytest.mark.parametrize("background", ["striped", "checkered"])

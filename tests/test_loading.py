@@ -1,5 +1,7 @@
 """Loading: from_pretrained, custom_pipeline=, from_pipe; components shared, nothing mutated."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import assert_same_state, quick_removal, snapshot
@@ -7,15 +9,19 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 import magic_remover
 from magic_remover import MagicRemoverPipeline
+from magic_remover.pipeline_magic_remover import SIBLING_MODULES
 
 
-def test_loads_through_custom_pipeline_file(sd_folder):
+def test_loads_through_custom_pipeline_file(sd_folder, pipe):
     pipeline = DiffusionPipeline.from_pretrained(
         sd_folder, custom_pipeline=magic_remover.PIPELINE_FILE, trust_remote_code=True
     )
     assert type(pipeline).__name__ == "MagicRemoverPipeline"
     direct = MagicRemoverPipeline.from_pretrained(sd_folder)
-    torch.testing.assert_close(quick_removal(pipeline), quick_removal(direct))
+    # both loaders give the weights the folder was saved from (`pipe` is built from the same tiny components)
+    expected = quick_removal(pipe)
+    torch.testing.assert_close(quick_removal(pipeline), expected, rtol=0, atol=0)
+    torch.testing.assert_close(quick_removal(direct), expected, rtol=0, atol=0)
 
 
 def test_pipeline_file_defines_exactly_one_pipeline_and_imports_siblings_relatively():
@@ -63,9 +69,13 @@ def test_saved_folder_carries_its_code_and_loads_without_the_package(sd_folder, 
     loaded = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
     assert type(loaded).__name__ == "MagicRemoverPipeline" and type(loaded) is not MagicRemoverPipeline
     torch.testing.assert_close(quick_removal(loaded), quick_removal(pipeline))
-    # the loaded copy saves its code again
+    # the code saved is this package's, and the loaded copy saves it again unchanged
+    package = Path(magic_remover.PIPELINE_FILE).parent
+    sources = {"pipeline.py": Path(magic_remover.PIPELINE_FILE)} | {n: package / n for n in SIBLING_MODULES}
     loaded.save_pretrained(tmp_path / "again")
-    assert (tmp_path / "again" / "pipeline.py").read_text() == (folder / "pipeline.py").read_text()
+    for saved in (folder, tmp_path / "again"):
+        for name, source in sources.items():
+            assert (saved / name).read_bytes() == source.read_bytes(), (saved, name)
 
 
 def test_saved_folder_with_foreign_code_still_needs_trust(sd_folder, tmp_path):

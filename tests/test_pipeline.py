@@ -8,6 +8,19 @@ from conftest import PROMPT, STEPS, assert_same_state, snapshot
 from tiny_components import make_test_image, tiny_components
 
 from magic_remover import MagicRemoverInversion, MagicRemoverPipeline
+from magic_remover.attention_processors import (
+    EDIT,
+    RemovalAttentionState,
+    aggregate_cross_attention,
+    attention_layer_names,
+    automatic_mask,
+    build_processors,
+    installed_processors,
+    normalize_map,
+    top_fraction_mask,
+)
+from magic_remover.inversion import DDIMSchedule
+from magic_remover.pipeline_magic_remover import _RemovalContext, find_target_tokens
 
 # The tiny random UNet's cross-attention is weak, so the tests use a larger guidance scale than the paper's default
 GUIDANCE = 30.0
@@ -67,6 +80,49 @@ def test_mask_keeps_the_result_equal_to_the_reconstruction_outside_it(pipe, imag
     outside = mask == 0
     np.testing.assert_array_equal(out.images[0][outside], out.reconstructions[0][outside])
     assert np.abs(out.images[0][~outside] - out.reconstructions[0][~outside]).max() > 0
+
+
+def test_mask_keeps_the_edit_latent_equal_to_the_reconstruction_outside_it(pipe, inversion):
+    """Appendix A.4's blend in latent space: what ``output_type="latent"`` hands to img2img has the reconstruction's
+    latent outside the mask (the pixel blend after decoding cannot hide a missing latent blend here)."""
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 6:22] = 255  # latent pixels [4:12, 3:11], whose 2x2 pixel blocks are all inside
+    out = pipe(prompt=PROMPT, target="ball", inversion=inversion, mask_image=PIL.Image.fromarray(mask),
+               num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    outside = torch.ones(16, 16, dtype=torch.bool)
+    outside[4:12, 3:11] = False
+    torch.testing.assert_close(out.images[..., outside], out.reconstructions[..., outside], rtol=0, atol=0)
+    assert (out.images[..., ~outside] - out.reconstructions[..., ~outside]).abs().max() > 1e-3
+
+
+def _edit_after_the_reconstruction_is_disturbed(pipe, inversion, self_attention_guidance, disturb):
+    """The edit branch's result (attention guidance 0, four DDIM steps) when the reconstruction branch's latent alone
+    is moved after step 1, once the branches have separated (step 0 is guided), or left alone."""
+
+    def move_the_reconstruction(pipeline, step, timestep, tensors):
+        if disturb and step == 1:
+            noise = torch.randn(tensors["reconstruction_latents"].shape, generator=torch.Generator().manual_seed(0))
+            return {"reconstruction_latents": tensors["reconstruction_latents"] + 0.5 * noise}
+        return {}
+
+    return pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=4, inversion_method="ddim",
+                output_type="latent", attention_guidance_scale=0.0, self_attention_guidance=self_attention_guidance,
+                callback_on_step_end=move_the_reconstruction,
+                callback_on_step_end_tensor_inputs=["reconstruction_latents"]).images  # fmt: skip
+
+
+def test_the_edit_branch_attends_to_the_reconstruction_only_through_the_self_attention_swap(pipe, image):
+    """Eq. 10 is the only path from the reconstruction branch into the edit branch (without a mask): with the swap off
+    the edit result cannot depend on the reconstruction's latents; with it on, their keys and values reach it.
+    (test_attention_processors.py checks the swapped attention itself against softmax(Q_edit K_rec^T / sqrt(d)) V_rec.)"""
+    inversion = pipe.invert(image, PROMPT, num_inference_steps=4, method="ddim")
+    for swap in (False, True):
+        kept = _edit_after_the_reconstruction_is_disturbed(pipe, inversion, swap, disturb=False)
+        moved = _edit_after_the_reconstruction_is_disturbed(pipe, inversion, swap, disturb=True)
+        if swap:
+            assert (moved - kept).abs().max() > 1e-3  # the tiny model's self-attention is weak
+        else:
+            torch.testing.assert_close(moved, kept, rtol=0, atol=0)
 
 
 def test_keep_input_outside_the_automatic_mask(pipe, image, inversion):
@@ -194,7 +250,8 @@ def test_any_size_and_aspect_ratio(pipe, size):
                attention_guidance_scale=GUIDANCE)  # fmt: skip
     assert out.images[0].size == (size[1], size[0])
     assert out.attention_maps.shape == (1, *size)
-    assert out.target_attention is not None
+    trace = out.target_attention  # the method works at that size: the edit branch attends less to the target
+    assert len(trace["timesteps"]) == 3 and torch.all(trace["edit"][1:] < trace["reconstruction"][1:]), trace
 
 
 def test_a_batch_of_images_matches_single_runs(pipe, image):
@@ -208,25 +265,94 @@ def test_a_batch_of_images_matches_single_runs(pipe, image):
     np.testing.assert_allclose(both.images[1], second.images[0], atol=2e-4)
 
 
-def test_phrase_and_list_targets(pipe, inversion):
-    phrase = pipe(inversion=inversion, target="red ball", num_inference_steps=STEPS,
-                  attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
-    both = pipe(inversion=inversion, target=["ball", "grass"], num_inference_steps=STEPS,
-                attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
-    single = pipe(inversion=inversion, target="ball", num_inference_steps=STEPS,
-                  attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
-    assert not torch.allclose(phrase.images, single.images)
-    assert not torch.allclose(both.images, single.images)
+class _StateKeepingTheEditMaps(RemovalAttentionState):
+    """Keeps the edit pass's cross-attention, which the pipeline drops when the pass ends."""
+
+    def start_pass(self, mode, batch=None):
+        if self.mode == EDIT and self.cross_attention:
+            self.edit_cross_attention = {name: p.detach() for name, p in self.cross_attention.items()}
+        super().start_pass(mode, batch)
 
 
-def test_research_code_options_run_and_differ(pipe, inversion):
-    base = dict(inversion=inversion, target="ball", num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE,
-                output_type="latent")  # fmt: skip
-    paper = pipe(**base).images
-    for option in ({"energy": "quantile"}, {"gradient_weighting": "binary"}, {"blend_outside_attention_mask": True},
-                   {"blend_outside_attention_mask": True, "attention_mask_threshold": 0.4}):  # fmt: skip
-        other = pipe(**base, **option).images
-        assert torch.isfinite(other).all() and not torch.allclose(other, paper), option
+def _guidance_at(pipe, inversion, targets, energy="paper", gradient_weighting="attention", step=STEPS // 2):
+    """The attention-guidance term ``(eps - eps_guid) / scale`` of the edit branch at the inversion's latent of
+    ``step`` (cross-attention capture only, no K/V swap), and each target word's normalised map in that pass."""
+    z, timestep = inversion.latents[STEPS - step], inversion.timesteps[step]
+    ctx = _RemovalContext(
+        state=_StateKeepingTheEditMaps(), schedule=DDIMSchedule.from_scheduler_config(pipe.scheduler.config, STEPS),
+        null_embeddings=inversion.null_embeddings, prompt_embeds=inversion.prompt_embeds, guidance_scale=7.5,
+        token_groups=[[find_target_tokens(pipe.tokenizer, PROMPT, t) for t in targets]], latent_size=(16, 16),
+        erase_lambda=0.8, attention_guidance_scale=1.0, pixel_area=1.0, energy=energy,
+        gradient_weighting=gradient_weighting, latent_mask=None,
+    )  # fmt: skip
+    _, cross_names = attention_layer_names(pipe.unet)
+    with installed_processors(pipe.unet, build_processors(pipe.unet, ctx.state, [], cross_names)):
+        eps, eps_guided, _ = pipe._guided_epsilon(ctx, z, step, timestep)
+    aggregated = aggregate_cross_attention(ctx.state.edit_cross_attention, ctx.latent_size)
+    words = {word: normalize_map(aggregated[:, find_target_tokens(pipe.tokenizer, PROMPT, word)[0]].sum(1))[0]
+             for target in targets for word in target.split()}  # fmt: skip
+    return (eps - eps_guided)[0], words
+
+
+def test_a_list_of_targets_adds_the_guidance_of_each(pipe, inversion):
+    both, _ = _guidance_at(pipe, inversion, ["ball", "grass"])
+    ball, _ = _guidance_at(pipe, inversion, ["ball"])
+    grass, _ = _guidance_at(pipe, inversion, ["grass"])
+    torch.testing.assert_close(both, ball + grass, rtol=1e-4, atol=1e-6)
+    assert ball.abs().max() > 0 and grass.abs().max() > 0
+
+
+def test_a_phrase_is_guided_where_all_its_words_attend(pipe, inversion):
+    """Eq. 9 for "red ball": the gradient of g(red) + g(ball) weighted by the product of the two maps, i.e.
+    ``N_red * G(ball) + N_ball * G(red)`` in terms of the single words' guidance ``G(w) = N_w * grad g(w)``."""
+    phrase, maps = _guidance_at(pipe, inversion, ["red ball"])
+    ball, _ = _guidance_at(pipe, inversion, ["ball"])
+    red, _ = _guidance_at(pipe, inversion, ["red"])
+    torch.testing.assert_close(phrase, maps["red"] * ball + maps["ball"] * red, rtol=1e-3, atol=1e-6)
+    assert phrase.abs().max() > 0
+
+
+def test_binary_weighting_keeps_the_gradient_on_the_maps_top_fifth_only(pipe, inversion):
+    soft, maps = _guidance_at(pipe, inversion, ["ball"])
+    binary, _ = _guidance_at(pipe, inversion, ["ball"], gradient_weighting="binary")
+    top = top_fraction_mask(maps["ball"][None], 0.2)[0]
+    assert binary[:, top == 0].abs().max() == 0 and binary[:, top == 1].abs().max() > 0
+    # the same gradient, weighted by the region instead of the soft map
+    torch.testing.assert_close(binary * maps["ball"], soft * top, rtol=1e-3, atol=1e-7)
+
+
+def test_the_quantile_energy_lowers_the_target_attention(pipe, inversion):
+    out = pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS, energy="quantile",
+               attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    trace = out.target_attention
+    assert torch.all(trace["edit"][1:] < trace["reconstruction"][1:]), trace
+
+
+@pytest.mark.parametrize("threshold", [None, 0.4])
+def test_blending_outside_the_automatic_mask_keeps_the_reconstruction_there(pipe, inversion, monkeypatch, threshold):
+    """After each guided step the edit latent outside the step's automatic mask is the reconstruction's, exactly."""
+    soft_masks, checked = [], []
+    reconstruction_epsilon = pipe._reconstruction_epsilon
+
+    def record_the_soft_mask(*args):
+        result = reconstruction_epsilon(*args)
+        soft_masks.append(result[2])
+        return result
+
+    def compare(pipeline, step, timestep, tensors):
+        if 100 < int(timestep) < 800:  # the guided steps
+            outside = automatic_mask(soft_masks[step], threshold)[0] == 0
+            assert outside.any() and (~outside).any()
+            edit, reconstruction = tensors["latents"][0], tensors["reconstruction_latents"][0]
+            torch.testing.assert_close(edit[:, outside], reconstruction[:, outside], rtol=0, atol=0)
+            checked.append((edit[:, ~outside] - reconstruction[:, ~outside]).abs().max())
+        return {}
+
+    monkeypatch.setattr(pipe, "_reconstruction_epsilon", record_the_soft_mask)
+    pipe(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE,
+         blend_outside_attention_mask=True, attention_mask_threshold=threshold, output_type="latent",
+         callback_on_step_end=compare, callback_on_step_end_tensor_inputs=["latents", "reconstruction_latents"])  # fmt: skip
+    assert len(checked) >= 5 and max(checked) > 1e-3  # inside the mask the edit is its own
 
 
 @pytest.mark.parametrize("scheduler", ["v_prediction", "euler"])

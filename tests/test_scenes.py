@@ -116,14 +116,16 @@ def test_caption_mentions_everything(seed):
 
 def test_caption_without():
     s = make_scene(5, num_objects=3)
+    phrases, background = s.caption.split(" on a ")  # "a red star and a blue circle and ... on a grass background"
+    phrases = phrases.split(" and ")
+    assert len(phrases) == 3 and background == f"{s.background_kind} background"
     for i, o in enumerate(s.objects):
         c = caption_without(s, i)
+        # the caption with exactly that object's phrase taken out, the others in their order
+        assert c == " and ".join(phrases[:i] + phrases[i + 1 :]) + f" on a {background}"
         assert f"{o.color} {o.shape}" not in c
-        for j, p in enumerate(s.objects):
-            if j != i:
-                assert f"{p.color} {p.shape}" in c
-        assert c.endswith(f"on a {s.background_kind} background")
-        assert s.caption_without(i) == c
+        assert s.caption_without(i) == c  # the method is the function
+    assert caption_without(s, [0, 2]) == f"{phrases[1]} on a {background}"
     single = make_scene(5, num_objects=1)
     assert caption_without(single, 0) == f"a {single.background_kind} background"
     empty = make_scene(5, num_objects=0)
@@ -140,8 +142,21 @@ def test_transparent_objects(seed):
         a = o.alpha[o.mask]
         assert 0.3 - 1e-6 <= a.max() <= 0.7 + 1e-6
         assert 0.3 - 1e-6 <= o.opacity <= 0.7 + 1e-6
-        # the background shows through: interior pixels are a blend, not the object colour
         assert not o.shadow_mask.any()
+        # the background shows through: where this object alone covers a pixel fully, the image is
+        # (1 - opacity) * background + opacity * colour, neither the object's colour nor the background
+        covered_by_others = np.zeros_like(o.mask)
+        for p in s.objects:
+            if p is not o:
+                covered_by_others |= p.mask
+        interior = (o.alpha >= o.opacity - 1e-6) & ~covered_by_others
+        assert interior.sum() > 50
+        image, background = s.image_float[interior], s.background_float[interior]
+        np.testing.assert_allclose(image, (1 - o.opacity) * background + o.opacity * o.rgb, atol=1e-5)
+        contrast = np.abs(background - o.rgb).max(-1) > 0.1
+        assert contrast.any()
+        assert np.all(np.abs(image - o.rgb).max(-1)[contrast] > 0.02)
+        assert np.all(np.abs(image - background).max(-1)[contrast] > 0.02)
 
 
 @pytest.mark.parametrize("seed", range(20))
