@@ -98,13 +98,13 @@ def select_scenes(count: int, first_seed: int) -> list[tuple[str, object, int]]:
 def run(args) -> None:
     from benchmarks.detector import finds
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
-    from magic_remover.cli import removal_settings
     from magic_remover.scenes import caption_without
 
     torch.set_num_threads(args.threads)
     pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    steps, settings = removal_settings(None, args.steps)
+    settings = pipe.removal_defaults  # the model's magic_remover_defaults.json, as every call on it uses
+    steps = args.steps or settings.pop("num_inference_steps", 50)
     guidance = settings.get("guidance_scale", 7.5)
     research = dict(energy="quantile", gradient_weighting="binary", blend_outside_attention_mask=True,
                     attention_mask_threshold=None, keep_input_outside_attention_mask=False)  # fmt: skip

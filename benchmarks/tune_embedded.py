@@ -5,8 +5,8 @@
 Every setting runs on the same null-text inversions; the table (printed, and written to
 ``benchmarks/results/tuning.md``, or the file named by ``--output``) gives removal success, why it failed (target left,
 neighbour lost), fill and background PSNR per setting. The chosen setting is
-written by hand to the model folder's ``magic_remover_defaults.json`` (read by the ``magic-remover`` command and the
-benchmarks), with the command that justified it.
+written by hand to the model folder's ``magic_remover_defaults.json`` (read by ``from_pretrained``: the defaults of
+every call on the model), with the command that justified it.
 """
 
 from __future__ import annotations

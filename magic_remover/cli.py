@@ -110,6 +110,13 @@ def removal_settings(model: str | None, steps: int | None = None) -> tuple[int, 
     return steps or default_steps, settings
 
 
+def removal_steps(pipe, steps: int | None = None) -> int:
+    """The DDIM steps of a call: ``--steps``, else the model's own (``pipe.removal_defaults``, read by
+    ``from_pretrained`` from its ``magic_remover_defaults.json``), else the paper's 50. Every other tuned setting
+    reaches the call through the pipeline itself."""
+    return steps or pipe.removal_defaults.get("num_inference_steps", 50)
+
+
 def write_image_atomically(image, path: Path, force: bool, protected: list[Path]) -> None:
     """Writes ``image`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     write_images_atomically([(image, Path(path))], force, protected)
@@ -186,9 +193,9 @@ def command_demo(args) -> int:
     scene = make_scene(args.seed, size=64, num_objects=args.objects)
     index = 0
     obj = scene.objects[index]
-    steps, settings = removal_settings(args.model, args.steps)
+    steps = removal_steps(pipe, args.steps)
     out = pipe(image=scene.image, prompt=scene.caption, target=obj.shape, num_inference_steps=steps,
-               generator=torch.Generator().manual_seed(args.seed), **settings)  # fmt: skip
+               generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
     result = out.images[0]
     truth = scene.objects[index].without
     region = scene.objects[index].mask | scene.objects[index].shadow_mask
@@ -251,7 +258,7 @@ def command_remove(args) -> int:
                   f"{image.height} (--max-size 0 processes at full size)", file=sys.stderr)  # fmt: skip
         if mask is not None:
             mask = mask.resize(processed.size, Image.BILINEAR) if mask.size == image.size else mask
-    steps, settings = removal_settings(args.model, args.steps)
+    steps, settings = removal_steps(pipe, args.steps), {}
     if args.erase_lambda is not None:
         settings["erase_lambda"] = args.erase_lambda
     if args.attention_guidance_scale is not None:

@@ -6,6 +6,8 @@ also loads through ``DiffusionPipeline.from_pretrained(..., custom_pipeline=<thi
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import numbers
@@ -133,6 +135,53 @@ class MagicRemoverPipelineOutput(BaseOutput):
     target_attention: dict | None = None
     inversion: MagicRemoverInversion | None = None
     nsfw_content_detected: list[bool] | None = None
+
+
+DEFAULTS_FILE = "magic_remover_defaults.json"
+
+
+def read_removal_defaults(folder) -> dict:
+    """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one).
+
+    Keys are ``__call__`` argument names; an unknown key is a ``ValueError`` naming the file, so a typo never passes
+    silently. Stable Diffusion checkpoints carry no such file and keep the paper's defaults.
+    """
+    path = Path(os.fspath(folder)) / DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    settings = json.loads(path.read_text())
+    known = set(inspect.signature(MagicRemoverPipeline.__call__).parameters) - {"self"}
+    unknown = sorted(set(settings) - known)
+    if not isinstance(settings, dict) or unknown:
+        raise ValueError(f"{path} names settings `__call__` does not take: {unknown}; expected a subset of {sorted(known)}.")
+    return settings
+
+
+def _with_model_defaults(renamed: dict | None = None):
+    """Decorator: arguments the caller did not pass take the loaded model's tuned values (``removal_defaults``).
+
+    An explicit argument always wins; ``renamed`` maps a settings key to this method's own name for it (``invert``
+    calls the inversion method ``method``).
+    """
+    renamed = renamed or {}
+
+    def decorate(method):
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            defaults = getattr(self, "_removal_defaults", None)
+            if defaults:
+                passed = signature.bind_partial(self, *args, **kwargs).arguments
+                for key, value in defaults.items():
+                    name = renamed.get(key, key)
+                    if name in signature.parameters and name not in passed:
+                        kwargs[name] = value
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def _is_number(value) -> bool:
@@ -447,6 +496,24 @@ class MagicRemoverPipeline(
     # ------------------------------------------------------------------------------------------------------------
 
     @property
+    def removal_defaults(self) -> dict:
+        """The call settings used for every argument a call leaves out: those the model folder ships in
+        ``magic_remover_defaults.json`` (read by ``from_pretrained``; the embedded model's were tuned by
+        ``benchmarks/tune_embedded.py``), else ``{}`` (the paper's defaults, as for Stable Diffusion checkpoints).
+        An explicit argument always wins. Assign a dict to change them, ``{}`` to use the paper's."""
+        return dict(getattr(self, "_removal_defaults", {}) or {})
+
+    @removal_defaults.setter
+    def removal_defaults(self, settings: dict) -> None:
+        if not isinstance(settings, dict):
+            raise TypeError(f"`removal_defaults` must be a dict of `__call__` arguments, got {type(settings).__name__}.")
+        known = set(inspect.signature(type(self).__call__).parameters) - {"self"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"`removal_defaults` names settings `__call__` does not take: {unknown}.")
+        self._removal_defaults = dict(settings)
+
+    @property
     def num_timesteps(self):
         return self._num_timesteps
 
@@ -684,6 +751,7 @@ class MagicRemoverPipeline(
     # Inversion (Algorithm 1, lines 1-3)
     # ------------------------------------------------------------------------------------------------------------
 
+    @_with_model_defaults(renamed={"inversion_method": "method"})
     @torch.no_grad()
     def invert(
         self,
@@ -1112,6 +1180,7 @@ class MagicRemoverPipeline(
     # Algorithm 1
     # ------------------------------------------------------------------------------------------------------------
 
+    @_with_model_defaults()
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
@@ -1434,6 +1503,8 @@ class MagicRemoverPipeline(
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipeline, cls) and type(pipeline).__name__ == cls.__name__:
             pipeline = cls(**pipeline.components)
+        if folder.is_dir():  # the model's tuned settings, used for every argument a call leaves out
+            pipeline._removal_defaults = read_removal_defaults(folder)
         return pipeline
 
     @classmethod
@@ -1472,6 +1543,8 @@ class MagicRemoverPipeline(
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "private", "token", "commit_message") if key in kwargs}
         super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
         write_pipeline_code(save_directory, type(self).__name__)
+        if self.removal_defaults:  # the tuned settings travel with the weights
+            (Path(save_directory) / DEFAULTS_FILE).write_text(json.dumps(self.removal_defaults, indent=2) + "\n")
         if push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 
