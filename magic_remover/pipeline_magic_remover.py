@@ -388,6 +388,41 @@ def _known_words_hint(tokenizer, count: int = 12) -> str:
     return f" Words it knows include: {', '.join(words[:count])}." if words else ""
 
 
+def _mask_arrays(mask_image) -> list[np.ndarray]:
+    """Each mask as a float ``[H, W]`` or ``[H, W, C]`` array, on its own scale (``0..255`` for PIL)."""
+    masks = mask_image if isinstance(mask_image, list) else [mask_image]
+    arrays = []
+    for mask in masks:
+        if isinstance(mask, PIL.Image.Image):
+            arrays.append(np.asarray(mask.convert("RGB") if mask.mode not in ("L", "1", "I", "F") else mask, np.float32))
+        elif isinstance(mask, torch.Tensor):
+            array = mask.detach().float().cpu().numpy()
+            arrays.extend(np.moveaxis(a, 0, -1) if a.ndim == 3 else a for a in (array if array.ndim == 4 else [array]))
+        else:
+            arrays.extend(np.asarray(a, np.float32) for a in (mask if mask.ndim == 4 else [mask]))
+    return arrays
+
+
+def check_mask_values(mask_image) -> None:
+    """A user mask is white (1) where removal may happen; soft values keep their weight.
+
+    An all-black mask (nothing to remove) is a ``ValueError``; a coloured RGB mask is converted by luminance, as
+    ``PIL.Image.convert("L")`` does, with a logged warning. Runs before any model pass.
+    """
+    for array in _mask_arrays(mask_image):
+        if not np.isfinite(array).all():
+            raise ValueError("`mask_image` holds NaN or inf values; expected values in [0, 1] (or 0..255 for PIL).")
+        if array.max() <= 0:
+            raise ValueError("`mask_image` is all black: nothing would be removed. Paint the target's region white.")
+        if array.ndim == 3 and array.shape[-1] >= 3 and not (
+            np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2])
+        ):
+            logger.warning(
+                "`mask_image` is coloured; it is converted to grey by luminance (0.299 R + 0.587 G + 0.114 B). "
+                "Pass a greyscale mask to say exactly where removal may happen."
+            )
+
+
 def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
     """Token positions (in the padded sequence, start token at 0) of each word of ``target`` in ``prompt``.
 
@@ -1062,6 +1097,12 @@ class MagicRemoverPipeline(
             reference = self._image_batch_and_size(image)[1] if image is not None else tuple(inversion.image_size)
             if mask_size != tuple(reference):
                 raise ValueError(f"`mask_image` is {mask_size[0]}x{mask_size[1]} but the image is {reference[0]}x{reference[1]}.")
+            if image is None and output_type != "latent":
+                raise ValueError(
+                    "With `mask_image` the result outside the mask is the input's own pixels: pass `image` along with "
+                    "`inversion`."
+                )
+            check_mask_values(mask_image)
         self._check_targets_in_prompt(prompt if prompt is not None else inversion.prompt, targets, batch)
         return targets
 
@@ -1224,8 +1265,11 @@ class MagicRemoverPipeline(
             prompt: a caption of the image that names the target, e.g. ``"a photo of a dog on the grass"``.
             target: the word or phrase of ``prompt`` to erase (``k`` in the paper), or a list of them. A phrase of n
                 words is erased where all its words attend (eq. 9: product of their maps).
-            mask_image: optional; white where removal may happen. It gates the gradient (eq. 13) and keeps the result
-                outside it equal to the reconstruction.
+            mask_image: optional; white where removal may happen (soft values weigh in between). It gates the
+                gradient (eq. 13) and keeps the edit latent outside it equal to the reconstruction's (appendix A.4); the
+                decoded result outside it is the input's own pixels (ours: the autoencoder's round trip would blur
+                them), so ``image`` is needed with it. An all-black mask is a ``ValueError``; a coloured one is
+                converted by luminance with a warning.
             inversion: a [`MagicRemoverInversion`] from [`~MagicRemoverPipeline.invert`]; skips inversion. Its
                 settings must match this call's.
             num_inference_steps: DDIM steps T.
@@ -1465,8 +1509,9 @@ class MagicRemoverPipeline(
         else:
             images = self._to_image_size(self.decode_latents_to_pixels(latents), image_size)
             reconstructions = self._to_image_size(self.decode_latents_to_pixels(reconstruction_latents), image_size)
-            if pixel_mask is not None:
-                images = pixel_mask * images + (1 - pixel_mask) * reconstructions
+            if pixel_mask is not None:  # as every mask-based remover: outside the mask, the input's own pixels
+                source = self._prepare_image(image, image_size).to(images.device)
+                images = pixel_mask * images + (1 - pixel_mask) * source
             elif keep_input_outside_attention_mask:  # not in Algorithm 1: only the target's region is decoded
                 region = automatic_mask(latent_map, attention_mask_threshold).unsqueeze(1)
                 region = F.interpolate(region, size=image_size, mode="bilinear", align_corners=False)
