@@ -410,6 +410,82 @@ def product_map(words: Sequence[torch.Tensor]) -> torch.Tensor:
     return result
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Protecting the prompt's other objects (ours, not in the paper)
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Function words that never name an object to protect (a fixed English list).
+STOP_WORDS = frozenset(
+    "a an the this that these those of on in at over under against with without and or but to from by for near "
+    "beside behind above below next its it is are photo picture image".split()
+)
+#: Words that open the scene the objects lie on ("... on a sky background"): what follows is not protected.
+SCENE_PREPOSITIONS = ("on", "in", "over", "against")
+PHRASE_SEPARATORS = ("and", "with")
+
+
+def default_protected_words(prompt: str, targets: Sequence[str]) -> list[str]:
+    """The prompt's other objects: for each noun phrase that does not hold a target, its last content word.
+
+    Works on words, not tokens, so it holds for any tokenizer. The prompt is cut at the first of
+    ``SCENE_PREPOSITIONS`` (what follows is the background the objects lie on, the region removal fills from), the
+    rest split into phrases at commas and ``PHRASE_SEPARATORS``. A phrase containing a whole target phrase is the
+    target's and gives nothing; every other phrase gives its last word that is neither a function word
+    (``STOP_WORDS``) nor a target word: "a red star and a yellow triangle on a sky background" with target "star"
+    protects "triangle"; with target "red star" beside "a blue star", it protects "blue".
+    """
+    words = [w.strip(".;:!?\"'()").lower() for w in prompt.replace(",", " , ").split()]
+    for n, word in enumerate(words):
+        if n > 0 and word in SCENE_PREPOSITIONS:
+            words = words[:n]
+            break
+    target_words = {w.lower() for t in targets for w in t.split()}
+    phrases, current = [], []
+    for word in words + [","]:
+        if word in PHRASE_SEPARATORS or word in (",", ""):
+            if current:
+                phrases.append(current)
+            current = []
+        else:
+            current.append(word)
+    protected = []
+    for phrase in phrases:
+        text = " " + " ".join(phrase) + " "
+        if any(" " + t.lower() + " " in text for t in targets):
+            continue
+        content = [w for w in phrase if w not in STOP_WORDS and w not in target_words]
+        if content and content[-1] not in protected:
+            protected.append(content[-1])
+    return protected
+
+
+def protected_dominance(aggregated: torch.Tensor, protect_groups) -> torch.Tensor | None:
+    """Per pixel, the largest normalised map among the protected words, ``[B, h, w]`` (``None`` without any).
+
+    ``protect_groups[b]`` lists, per protected word, its token positions in sample b's prompt (samples may protect
+    different numbers of words; one without any gets zeros, which protect nothing).
+    """
+    if not any(protect_groups):
+        return None
+    per_sample = []
+    for b, groups in enumerate(protect_groups):
+        maps = [normalize_map(aggregated[b : b + 1, tokens].sum(1)) for tokens in groups]
+        per_sample.append(torch.cat(maps).amax(0) if maps else torch.zeros_like(aggregated[b, 0]))
+    return torch.stack(per_sample).detach()
+
+
+def protection_factor(target_map: torch.Tensor, dominance: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+    """How much of the target's normalised map to keep: ``min(1, A / D)``, with D the protected words' dominance.
+
+    Where a protected object's map dominates the target's (D > A) the target's map is lowered in proportion, so the
+    guidance weight, the energy's support and the automatic region all leave the neighbour; where the target
+    dominates nothing changes. Detached: it reshapes where the guidance acts, not what its gradient lowers.
+    """
+    if dominance is None:
+        return torch.ones_like(target_map)
+    return (target_map.detach() / (dominance + eps)).clamp(max=1.0)
+
+
 __all__ = [
     "BATCH_LAYOUTS",
     "CFG_BATCH",
@@ -424,6 +500,12 @@ __all__ = [
     "attention_layer_names",
     "automatic_mask",
     "build_processors",
+    "default_protected_words",
+    "protected_dominance",
+    "protection_factor",
+    "default_protected_words",
+    "protected_dominance",
+    "protection_factor",
     "installed_processors",
     "layer_resolution",
     "normalize_map",

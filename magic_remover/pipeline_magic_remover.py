@@ -57,6 +57,9 @@ from .attention_processors import (
     UNCONDITIONAL,
     RemovalAttentionState,
     aggregate_cross_attention,
+    default_protected_words,
+    protected_dominance,
+    protection_factor,
     attention_energy,
     attention_layer_names,
     automatic_mask,
@@ -468,6 +471,29 @@ def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
             "shorten the prompt."
         )
     return positions
+
+
+def protected_token_groups(tokenizer, prompt: str, targets: list[str], protect) -> list[list[int]]:
+    """Token positions of each protected word of ``prompt``: ``protect`` (words of the prompt; an absent one is a
+    ``ValueError`` naming it), or for ``None`` the prompt's other objects (:func:`default_protected_words`; a word the
+    tokenizer cannot find as a whole word is skipped)."""
+    words = default_protected_words(prompt, targets) if protect is None else list(protect)
+    groups = []
+    for word in words:
+        try:
+            groups.append([p for positions in find_target_tokens(tokenizer, prompt, word) for p in positions])
+        except ValueError as error:
+            if protect is not None:
+                raise ValueError(f"`protect` {word!r} is not a word of the prompt {prompt!r}: {error}") from None
+    return groups
+
+
+def protected_word_maps(normalized_words: list[torch.Tensor], dominance) -> list[torch.Tensor]:
+    """An object's normalised word maps lowered where a protected word dominates it (ours, not in the paper)."""
+    if dominance is None:
+        return normalized_words
+    factor = protection_factor(product_map([a.detach() for a in normalized_words]), dominance)
+    return [a * factor for a in normalized_words]
 
 
 class MagicRemoverPipeline(
@@ -1010,6 +1036,7 @@ class MagicRemoverPipeline(
         blend_outside_attention_mask=False,
         attention_mask_threshold=None,
         keep_input_outside_attention_mask=False,
+        protect=None,
     ):
         self._check_common_inputs(num_inference_steps, guidance_scale, generator)
         num_train = int(self.scheduler.config.num_train_timesteps)
@@ -1104,6 +1131,13 @@ class MagicRemoverPipeline(
                 )
             check_mask_values(mask_image)
         self._check_targets_in_prompt(prompt if prompt is not None else inversion.prompt, targets, batch)
+        if protect is not None:
+            words = [protect] if isinstance(protect, str) else protect
+            if not (isinstance(words, (list, tuple)) and all(isinstance(w, str) and w.strip() for w in words)):
+                raise TypeError(f"`protect` must be None, a word of the prompt (str) or a list of them, got {protect!r}.")
+            prompts = [prompt] if isinstance(prompt, str) else (prompt or (inversion.prompt if inversion else []))
+            for text in prompts:  # an absent word is named now, before any model pass
+                protected_token_groups(self.tokenizer, self._prompts([text])[0], list(targets), list(words))
         return targets
 
     def _check_targets_in_prompt(self, prompt, targets, batch) -> None:
@@ -1180,8 +1214,9 @@ class MagicRemoverPipeline(
             target_attention = sum(product_map(words) for words in objects).detach().flatten(1).mean(1)
             guidance = torch.zeros_like(z)
             if ctx.attention_guidance_scale > 0:
+                dominance = protected_dominance(aggregated, ctx.protect_groups)
                 for m, words in enumerate(objects):
-                    normalized = [normalize_map(word) for word in words]
+                    normalized = protected_word_maps([normalize_map(word) for word in words], dominance)
                     if ctx.energy == "paper":
                         energy = sum(attention_energy(a, ctx.erase_lambda, ctx.pixel_area) for a in normalized)  # eq. 7
                     else:
@@ -1214,7 +1249,10 @@ class MagicRemoverPipeline(
         aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
         objects = word_maps(aggregated, ctx.token_groups)
         raw = sum(product_map(words) for words in objects)
-        soft_mask = sum(product_map([normalize_map(w) for w in words]) for words in objects).clamp(0, 1)
+        dominance = protected_dominance(aggregated, ctx.protect_groups)
+        soft_mask = sum(
+            product_map(protected_word_maps([normalize_map(w) for w in words], dominance)) for words in objects
+        ).clamp(0, 1)
         return epsilon, raw.flatten(1).mean(1), soft_mask
 
     # ------------------------------------------------------------------------------------------------------------
@@ -1245,6 +1283,7 @@ class MagicRemoverPipeline(
         blend_outside_attention_mask: bool = False,
         attention_mask_threshold: float | None = None,
         keep_input_outside_attention_mask: bool = False,
+        protect: str | list[str] | None = None,
         inversion_method: str = "null-text",
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -1317,6 +1356,13 @@ class MagicRemoverPipeline(
                 autoencoder's round trip then touches nothing outside the object's region, which matters when the
                 autoencoder is lossy. Not in the paper; off by default. Needs ``image`` and a decoded ``output_type``;
                 with ``mask_image`` the user's mask decides instead.
+            protect: words of ``prompt`` naming what must stay (ours, not in the paper): where a protected word's
+                cross-attention map dominates the target's, the target's map is lowered in proportion
+                (``min(1, A / D)``), and with it the guidance weight, the energy's support and the automatic region.
+                ``None`` (default): the prompt's other objects, the last content word of each noun phrase without
+                the target, the scene after "on"/"in"/"over"/"against" left out (``default_protected_words``:
+                "a red star and a yellow triangle on a sky background" protects "triangle" when removing "star").
+                ``[]`` turns it off. A word absent from the prompt is a ``ValueError`` naming it.
             inversion_method: ``"null-text"`` (paper), ``"direct"``, ``"ddim"`` or ``"negative-prompt"``; see
                 [`~invert`].
             generator: accepted for API symmetry; the method is deterministic (DDIM with sigma = 0).
@@ -1346,8 +1392,9 @@ class MagicRemoverPipeline(
             image, prompt, target, mask_image, inversion, num_inference_steps, guidance_scale, erase_lambda,
             attention_guidance_scale, guidance_timesteps, optimization_timesteps, optimization_steps, energy,
             gradient_weighting, inversion_method, generator, output_type, callback_on_step_end_tensor_inputs,
-            blend_outside_attention_mask, attention_mask_threshold, keep_input_outside_attention_mask,
+            blend_outside_attention_mask, attention_mask_threshold, keep_input_outside_attention_mask, protect,
         )  # fmt: skip
+        protect = [protect] if isinstance(protect, str) else protect
         self._interrupt = False
         self._guidance_scale = guidance_scale
         self._cross_attention_kwargs, self._clip_skip = cross_attention_kwargs, clip_skip
@@ -1381,6 +1428,7 @@ class MagicRemoverPipeline(
 
         # The target words k of the prompt (eq. 9 groups the words of one phrase)
         token_groups = [[find_target_tokens(self.tokenizer, p, t) for t in targets] for p in self._prompts(prompts)]
+        protect_groups = [protected_token_groups(self.tokenizer, p, targets, protect) for p in self._prompts(prompts)]
 
         pixel_mask = latent_mask = None
         if mask_image is not None:
@@ -1394,6 +1442,7 @@ class MagicRemoverPipeline(
             null_embeddings=inversion.null_embeddings,
             prompt_embeds=inversion.prompt_embeds,
             token_groups=token_groups,
+            protect_groups=protect_groups,
             latent_size=latent_size,
             erase_lambda=float(erase_lambda),
             attention_guidance_scale=float(attention_guidance_scale),
@@ -1650,6 +1699,7 @@ class _RemovalContext:
     null_embeddings: torch.Tensor
     prompt_embeds: torch.Tensor
     token_groups: list
+    protect_groups: list
     latent_size: tuple[int, int]
     erase_lambda: float
     attention_guidance_scale: float
