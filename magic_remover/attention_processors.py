@@ -48,6 +48,10 @@ class RemovalAttentionState:
         self.batch = CFG_BATCH
         self.self_attention_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cross_attention: dict[str, torch.Tensor] = {}
+        # MagicEraser's refocusing: the reconstruction's (target region, protected region) maps of this step, and
+        # (w_pos, w_neg) in the steps where the edit pass refocuses (None elsewhere)
+        self.refocus_maps: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.refocus_weights: tuple[float, float] | None = None
 
     def start_pass(self, mode: str, batch: str = None) -> None:
         if mode not in (RECONSTRUCT, EDIT, PASSTHROUGH):
@@ -66,6 +70,17 @@ class RemovalAttentionState:
         self.batch = CFG_BATCH
         self.self_attention_kv = {}
         self.cross_attention = {}
+        self.refocus_maps = self.refocus_weights = None
+
+    def refocus_bias(self, num_pixels: int, batch_size: int) -> torch.Tensor | None:
+        """The edit pass's self-attention bias at a layer of ``num_pixels`` positions, rows repeated to the UNet
+        call's ``batch_size`` (CFG halves share the sample's maps); ``None`` where this step does not refocus."""
+        if self.mode != EDIT or self.refocus_weights is None or self.refocus_maps is None:
+            return None
+        region, protected = self.refocus_maps
+        size = layer_resolution(num_pixels, tuple(region.shape[-2:]))
+        bias = refocusing_bias(region, protected, *self.refocus_weights, size)
+        return bias.repeat(batch_size // bias.shape[0], 1, 1, 1)
 
 
 def _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
@@ -145,6 +160,9 @@ class SelfAttentionKVSwapProcessor(_RemovalProcessor):
             key, value = recorded_half(self.state.self_attention_kv.get(self.name), self.state.batch, key.shape[0])
             if key is None:
                 raise RuntimeError(f"No reconstruction keys/values recorded for {self.name} before the edit pass.")
+            bias = self.state.refocus_bias(query.shape[-2], query.shape[0])  # MagicEraser's refocusing, if on
+            if bias is not None:
+                mask = bias.to(query.dtype) if mask is None else mask + bias.to(mask.dtype)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
         return _finish(attn, out, residual, spatial, query.dtype)
 
@@ -486,6 +504,37 @@ def protection_factor(target_map: torch.Tensor, dominance: torch.Tensor | None, 
     return (target_map.detach() / (dominance + eps)).clamp(max=1.0)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Semantics-aware self-attention refocusing (MagicEraser, seed 001; its training-free part)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def refocusing_bias(region: torch.Tensor, protected: torch.Tensor | None, w_pos: float, w_neg: float,
+                    size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+    """MagicEraser's ``M = W_pos * Mask_pos - W_neg * Mask_neg`` for the queries of the region to fill.
+
+    The soft maps stand in for MagicEraser's panoptic segmentation: ``region`` (the target's normalised map, ``[B, h,
+    w]`` in [0, 1]) is the masked part m, ``protected`` (the protected words' dominance, or ``None``) plus the region
+    itself the negative part n (the object and what looks like it), and what is neither the positive part p, the
+    background. Query q gets ``region[q] * (w_pos * p[k] - w_neg * n[k])`` added to its logit toward key k, so a
+    query outside the region is left alone. Returned as ``[B, 1, N, N]`` at ``size``, an additive ``attn_mask`` for
+    SDPA (in logit units: SDPA adds it after the 1/sqrt(d) scaling).
+    """
+    def at_size(soft):
+        soft = soft.unsqueeze(1).float()
+        if tuple(soft.shape[-2:]) != tuple(size):
+            soft = F.interpolate(soft, size=tuple(size), mode="bilinear", align_corners=False)
+        return soft.flatten(1).clamp(0, 1)
+
+    queries = at_size(region)
+    other = at_size(protected) if protected is not None else torch.zeros_like(queries)
+    negative = torch.maximum(queries, other)
+    positive = (1 - queries) * (1 - other)
+    keys = w_pos * positive - w_neg * negative
+    return (queries[:, :, None] * keys[:, None, :]).unsqueeze(1)
+
+
+
 __all__ = [
     "BATCH_LAYOUTS",
     "CFG_BATCH",
@@ -503,9 +552,11 @@ __all__ = [
     "default_protected_words",
     "protected_dominance",
     "protection_factor",
+    "refocusing_bias",
     "default_protected_words",
     "protected_dominance",
     "protection_factor",
+    "refocusing_bias",
     "installed_processors",
     "layer_resolution",
     "normalize_map",

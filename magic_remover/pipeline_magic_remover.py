@@ -1037,6 +1037,9 @@ class MagicRemoverPipeline(
         attention_mask_threshold=None,
         keep_input_outside_attention_mask=False,
         protect=None,
+        refocus_w_pos=0.0,
+        refocus_w_neg=0.0,
+        refocus_timesteps=(700, 1000),
     ):
         self._check_common_inputs(num_inference_steps, guidance_scale, generator)
         num_train = int(self.scheduler.config.num_train_timesteps)
@@ -1130,6 +1133,10 @@ class MagicRemoverPipeline(
                     "`inversion`."
                 )
             check_mask_values(mask_image)
+        for name, weight in (("refocus_w_pos", refocus_w_pos), ("refocus_w_neg", refocus_w_neg)):
+            if not (_is_number(weight) and weight >= 0):
+                raise ValueError(f"`{name}` (MagicEraser's refocusing weight) must be a number >= 0, got {weight!r}.")
+        _check_timestep_range(refocus_timesteps, "refocus_timesteps", num_train)
         self._check_targets_in_prompt(prompt if prompt is not None else inversion.prompt, targets, batch)
         if protect is not None:
             words = [protect] if isinstance(protect, str) else protect
@@ -1253,6 +1260,7 @@ class MagicRemoverPipeline(
         soft_mask = sum(
             product_map(protected_word_maps([normalize_map(w) for w in words], dominance)) for words in objects
         ).clamp(0, 1)
+        ctx.state.refocus_maps = (soft_mask, dominance)  # where the edit pass may refocus (MagicEraser)
         return epsilon, raw.flatten(1).mean(1), soft_mask
 
     # ------------------------------------------------------------------------------------------------------------
@@ -1284,6 +1292,9 @@ class MagicRemoverPipeline(
         attention_mask_threshold: float | None = None,
         keep_input_outside_attention_mask: bool = False,
         protect: str | list[str] | None = None,
+        refocus_w_pos: float = 0.0,
+        refocus_w_neg: float = 0.0,
+        refocus_timesteps: tuple[float, float] = (700, 1000),
         inversion_method: str = "null-text",
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -1363,6 +1374,14 @@ class MagicRemoverPipeline(
                 the target, the scene after "on"/"in"/"over"/"against" left out (``default_protected_words``:
                 "a red star and a yellow triangle on a sky background" protects "triangle" when removing "star").
                 ``[]`` turns it off. A word absent from the prompt is a ``ValueError`` naming it.
+            refocus_w_pos, refocus_w_neg: MagicEraser's semantics-aware self-attention refocusing (seed 001, its
+                training-free part; not in MagicRemover): in the edit pass's self-attention, queries inside the
+                target's soft region get ``+w_pos`` added to their logits toward background keys (low target and
+                protected maps) and ``-w_neg`` toward keys on the target and the protected objects, so the hole is
+                filled from the background (``refocusing_bias``). Needs ``self_attention_guidance``. 0, 0 (default):
+                off. The reconstruction branch never sees it.
+            refocus_timesteps: ``(low, high)`` where refocusing runs, training-timestep units (MagicEraser: the
+                early steps, t from 1 to 0.7 of the schedule: ``(700, 1000)``).
             inversion_method: ``"null-text"`` (paper), ``"direct"``, ``"ddim"`` or ``"negative-prompt"``; see
                 [`~invert`].
             generator: accepted for API symmetry; the method is deterministic (DDIM with sigma = 0).
@@ -1393,6 +1412,7 @@ class MagicRemoverPipeline(
             attention_guidance_scale, guidance_timesteps, optimization_timesteps, optimization_steps, energy,
             gradient_weighting, inversion_method, generator, output_type, callback_on_step_end_tensor_inputs,
             blend_outside_attention_mask, attention_mask_threshold, keep_input_outside_attention_mask, protect,
+            refocus_w_pos, refocus_w_neg, refocus_timesteps,
         )  # fmt: skip
         protect = [protect] if isinstance(protect, str) else protect
         self._interrupt = False
@@ -1458,6 +1478,8 @@ class MagicRemoverPipeline(
         timesteps = schedule.timesteps
         guided = timesteps_in_range(timesteps, *guidance_timesteps)  # paper: 100 < t < t2
         optimized = timesteps_in_range(timesteps, *optimization_timesteps)  # paper: t1 < t < t2
+        refocused = timesteps_in_range(timesteps, *refocus_timesteps)  # MagicEraser: early steps only
+        refocus = (float(refocus_w_pos), float(refocus_w_neg)) if refocus_w_pos or refocus_w_neg else None
         self._num_timesteps = len(timesteps)
 
         # Line 4 onwards: both branches start from z_T
@@ -1477,6 +1499,7 @@ class MagicRemoverPipeline(
 
                     # Reconstruction branch (plain CFG with null_t); records K_rec, V_rec for eq. 10
                     eps_rec, rec_attention, soft_mask = self._reconstruction_epsilon(ctx, reconstruction_latents, i, t)
+                    ctx.state.refocus_weights = refocus if refocused[i] else None  # edit pass only (MagicEraser)
                     if guided[i]:
                         map_sum, map_count = map_sum + soft_mask, map_count + 1
 
