@@ -98,14 +98,13 @@ def quiet_libraries() -> None:
 
 
 def removal_settings(model: str | None, steps: int | None = None) -> tuple[int, dict]:
-    """``(steps, call settings)``: the paper's for Stable Diffusion, the tuned ones shipped with the embedded model
-    (its ``magic_remover_defaults.json``); ``steps`` overrides the number of DDIM steps."""
-    import json
+    """``(steps, call settings)`` the model folder ships (``magic_remover_defaults.json``, read as
+    ``from_pretrained`` reads it into ``pipe.removal_defaults``), for callers that pass settings explicitly, such as
+    the web page; ``steps`` overrides the number of DDIM steps. A Hub id or a folder without the file: ``{}``."""
+    from .pipeline_magic_remover import read_removal_defaults
 
-    settings = {}
-    if model is None:
-        path = Path(_embedded_model()) / "magic_remover_defaults.json"
-        settings = json.loads(path.read_text()) if path.is_file() else {}
+    folder = Path(model) if model is not None else Path(_embedded_model())
+    settings = read_removal_defaults(folder) if folder.is_dir() else {}
     default_steps = settings.pop("num_inference_steps", 50)
     return steps or default_steps, settings
 

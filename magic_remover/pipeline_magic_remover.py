@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -1722,7 +1722,6 @@ class _RemovalContext:
     null_embeddings: torch.Tensor
     prompt_embeds: torch.Tensor
     token_groups: list
-    protect_groups: list
     latent_size: tuple[int, int]
     erase_lambda: float
     attention_guidance_scale: float
@@ -1730,3 +1729,4 @@ class _RemovalContext:
     energy: str
     gradient_weighting: str
     latent_mask: torch.Tensor | None
+    protect_groups: list = field(default_factory=list)  # per sample, the protected words' token positions
