@@ -101,3 +101,45 @@ def telea_inpaint(image: Image.Image, mask: np.ndarray, radius: int = 3) -> Imag
     array = np.asarray(image.convert("RGB"))
     filled = cv2.inpaint(array, mask.astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
     return Image.fromarray(filled)
+
+
+def ledits_pp_pipeline(pipe):
+    """diffusers' ``LEditsPPPipelineStableDiffusion`` built from ``pipe``'s own components (same model, same weights).
+
+    LEDITS++ installs its own attention processors and does not restore them (diffusers issue #13635), so it gets
+    its own copy of the UNet's processor table back after each use (:func:`ledits_pp_remove` restores them).
+    """
+    from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusion
+
+    # LEDITS++'s own scheduler (its paper and diffusers' docs); with DDIMScheduler, diffusers 0.42's invert() indexes
+    # alphas_cumprod with a float tensor and raises IndexError
+    scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="sde-dpmsolver++",
+                                                        solver_order=2)  # fmt: skip
+    ledits = LEditsPPPipelineStableDiffusion(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                             unet=pipe.unet, scheduler=scheduler, safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    ledits.set_progress_bar_config(disable=True)
+    return ledits
+
+
+def ledits_pp_remove(ledits, image: Image.Image, caption: str, target: str, num_inference_steps: int = 20,
+                     source_guidance_scale: float = 3.5, edit_guidance_scale: float = 5.0,
+                     edit_threshold: float = 0.9, seed: int = 0) -> Image.Image:  # fmt: skip
+    """LEDITS++ mask-free concept removal: its own inversion of ``image`` under ``caption``, then ``target`` as a
+    reversed editing prompt (``editing_prompt=[target]``, ``reverse_editing_direction=[True]``).
+
+    Its default intersect mask (``use_intersect_mask=True``) cannot run on the embedded model: LEDITS++ reads
+    cross-attention maps at a quarter of the latent's resolution from the down and up blocks (SD's 16x16 of a 64x64
+    latent), and the embedded UNet's 16x16 latent has cross-attention there only at 16x16 and 8x8 (4x4 is its mid
+    block): ``aggregate_attention`` finds no map and raises "torch.cat(): expected a non-empty list of Tensors". So
+    it runs with its implicit (noise-estimate) mask only, ``edit_threshold`` being that mask's quantile."""
+    processors = dict(ledits.unet.attn_processors)
+    try:
+        ledits.invert(image=image, source_prompt=caption, source_guidance_scale=source_guidance_scale,
+                      num_inversion_steps=num_inference_steps, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        out = ledits(editing_prompt=[target], reverse_editing_direction=[True], edit_guidance_scale=[edit_guidance_scale],
+                     edit_threshold=[edit_threshold], use_intersect_mask=False, use_cross_attn_mask=False,
+                     generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    finally:
+        ledits.unet.set_attn_processor(processors)
+    return out.images[0].resize(image.size, Image.BICUBIC) if out.images[0].size != image.size else out.images[0]

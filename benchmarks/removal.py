@@ -11,6 +11,7 @@ held-out seeds; defaults are tuned on seeds from 50000 (``--first-seed`` keeps t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import sys
@@ -24,21 +25,35 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.baselines import blended_latent_diffusion, prompt_to_prompt_reweight, telea_inpaint  # noqa: E402
+from benchmarks.baselines import (  # noqa: E402
+    blended_latent_diffusion,
+    ledits_pp_pipeline,
+    ledits_pp_remove,
+    prompt_to_prompt_reweight,
+    telea_inpaint,
+)
 from benchmarks.metrics import dilate, measured, score, target_region  # noqa: E402
 
 KINDS = ["opaque", "shadow", "transparent", "same-shape", "occluder"]
 METHODS = [
     "MagicRemover (text only)",
     "MagicRemover (text only), whole image decoded",
+    "MagicRemover, protect off",
+    "MagicRemover + refocusing (MagicEraser)",
     "MagicRemover + GT mask",
     "MagicRemover, research-code options",
+    "LEDITS++ (diffusers)",
     "Prompt-to-Prompt (attention x0)",
     "Blended latent diffusion + GT mask",
     "OpenCV Telea + GT mask",
     "Reconstruction only",
 ]
-SHORT_NAMES = ["MR text", "MR decoded", "MR + mask", "MR research", "P2P x0", "Blended LD", "Telea", "reconstr."]
+SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR + mask", "MR research", "LEDITS++",
+               "P2P x0", "Blended LD", "Telea", "reconstr."]  # fmt: skip
+#: The refocusing row's weights (MagicEraser's w_pos, w_neg), from benchmarks/results/tuning_issue13_A.md
+REFOCUS = {"refocus_w_pos": 3.0, "refocus_w_neg": 3.0}
+#: LEDITS++'s settings, from benchmarks/results/tuning_ledits.md (tuning seeds)
+LEDITS_SETTINGS = {"edit_guidance_scale": 5.0, "edit_threshold": 0.9}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -98,22 +113,32 @@ def select_scenes(count: int, first_seed: int) -> list[tuple[str, object, int]]:
 def run(args) -> None:
     from benchmarks.detector import finds
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
-    from magic_remover.cli import removal_settings
     from magic_remover.scenes import caption_without
 
     torch.set_num_threads(args.threads)
     pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    steps, settings = removal_settings(None, args.steps)
+    settings = pipe.removal_defaults  # the model's magic_remover_defaults.json, as every call on it uses
+    model_steps = settings.pop("num_inference_steps", 50)
+    steps = args.steps or model_steps
     guidance = settings.get("guidance_scale", 7.5)
     research = dict(energy="quantile", gradient_weighting="binary", blend_outside_attention_mask=True,
                     attention_mask_threshold=None, keep_input_outside_attention_mask=False)  # fmt: skip
 
+    ledits = ledits_pp_pipeline(pipe)
     scenes = select_scenes(args.scenes, args.first_seed)
     rows = defaultdict(list)  # (method, kind) -> list of metric dicts
     examples = {}  # kind -> [input, results..., truth]
+    checkpoint = Path(args.results) / f"removal_checkpoint_{args.scenes}_{args.first_seed}.jsonl"
+    done = {}  # a rerun resumes: scenes already scored are read back
+    if checkpoint.is_file():
+        done = {entry["seed"]: entry for entry in map(json.loads, checkpoint.read_text().splitlines())}
     started = time.perf_counter()
     for n, (kind, scene, index) in enumerate(scenes):
+        if scene.seed in done:
+            for method in METHODS:
+                rows[(method, kind)].append(done[scene.seed]["metrics"][method])
+            continue
         phrase = target_phrase(scene, index)
         region = dilate(target_region(scene.objects[index]), 2)
         mask = Image.fromarray((region * 255).astype(np.uint8))
@@ -134,17 +159,24 @@ def run(args) -> None:
         record(METHODS[0], lambda: pipe(inversion=inversion, **common).images[0], True)
         decoded = {**common, "keep_input_outside_attention_mask": False}  # the ablation of that option
         record(METHODS[1], lambda: pipe(inversion=inversion, **decoded).images[0], True)
-        record(METHODS[2], lambda: pipe(inversion=inversion, mask_image=mask, **common).images[0], True)
-        record(METHODS[3], lambda: pipe(inversion=inversion, **{**common, **research}).images[0], True)
-        record(METHODS[4], lambda: prompt_to_prompt_reweight(pipe, inversion, phrase), True)
-        record(METHODS[5], lambda: blended_latent_diffusion(pipe, scene.image, region, caption_without(scene, index),
+        record(METHODS[2], lambda: pipe(inversion=inversion, **common, protect=[]).images[0], True)
+        record(METHODS[3], lambda: pipe(inversion=inversion, **{**common, **REFOCUS}).images[0], True)
+        record(METHODS[4], lambda: pipe(inversion=inversion, mask_image=mask, **common).images[0], True)
+        record(METHODS[5], lambda: pipe(inversion=inversion, **{**common, **research}).images[0], True)
+        record(METHODS[6], lambda: ledits_pp_remove(ledits, scene.image, scene.caption, phrase, steps,
+                                                    **LEDITS_SETTINGS, seed=scene.seed), False)  # fmt: skip
+        record(METHODS[7], lambda: prompt_to_prompt_reweight(pipe, inversion, phrase), True)
+        record(METHODS[8], lambda: blended_latent_diffusion(pipe, scene.image, region, caption_without(scene, index),
                                                             steps, guidance, seed=scene.seed), False)  # fmt: skip
-        record(METHODS[6], lambda: telea_inpaint(scene.image, region), False)
+        record(METHODS[9], lambda: telea_inpaint(scene.image, region), False)
         rec_settings = {**decoded, "attention_guidance_scale": 0.0}
-        record(METHODS[7], lambda: pipe(inversion=inversion, **rec_settings).reconstructions[0], True)
+        record(METHODS[10], lambda: pipe(inversion=inversion, **rec_settings).reconstructions[0], True)
 
+        metrics = {method: {**score(results[method], scene, index, finds), **costs[method]} for method in METHODS}
         for method in METHODS:
-            rows[(method, kind)].append({**score(results[method], scene, index, finds), **costs[method]})
+            rows[(method, kind)].append(metrics[method])
+        with checkpoint.open("a") as handle:
+            handle.write(json.dumps({"seed": scene.seed, "metrics": metrics}) + "\n")
         if kind not in examples:
             examples[kind] = [scene.image] + [results[m] for m in METHODS] + [scene.objects[index].without]
         print(f"[{n + 1}/{len(scenes)}] {kind:11s} seed {scene.seed} remove {phrase!r}: " + ", ".join(
@@ -153,7 +185,9 @@ def run(args) -> None:
 
     table = make_table(rows, scenes, steps, settings, args, time.perf_counter() - started)
     write_result("removal.md", table, args.results)
-    make_grid(examples).save(Path(args.results) / "removal.png")
+    if examples:  # a resumed run has pictures only of the scenes it ran
+        make_grid(examples).save(Path(args.results) / "removal.png")
+    checkpoint.unlink()
 
 
 def _mean(values):

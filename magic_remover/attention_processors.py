@@ -48,6 +48,10 @@ class RemovalAttentionState:
         self.batch = CFG_BATCH
         self.self_attention_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cross_attention: dict[str, torch.Tensor] = {}
+        # MagicEraser's refocusing: the reconstruction's (target region, protected region) maps of this step, and
+        # (w_pos, w_neg) in the steps where the edit pass refocuses (None elsewhere)
+        self.refocus_maps: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.refocus_weights: tuple[float, float] | None = None
 
     def start_pass(self, mode: str, batch: str = None) -> None:
         if mode not in (RECONSTRUCT, EDIT, PASSTHROUGH):
@@ -66,6 +70,17 @@ class RemovalAttentionState:
         self.batch = CFG_BATCH
         self.self_attention_kv = {}
         self.cross_attention = {}
+        self.refocus_maps = self.refocus_weights = None
+
+    def refocus_bias(self, num_pixels: int, batch_size: int) -> torch.Tensor | None:
+        """The edit pass's self-attention bias at a layer of ``num_pixels`` positions, rows repeated to the UNet
+        call's ``batch_size`` (CFG halves share the sample's maps); ``None`` where this step does not refocus."""
+        if self.mode != EDIT or self.refocus_weights is None or self.refocus_maps is None:
+            return None
+        region, protected = self.refocus_maps
+        size = layer_resolution(num_pixels, tuple(region.shape[-2:]))
+        bias = refocusing_bias(region, protected, *self.refocus_weights, size)
+        return bias.repeat(batch_size // bias.shape[0], 1, 1, 1)
 
 
 def _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
@@ -145,6 +160,9 @@ class SelfAttentionKVSwapProcessor(_RemovalProcessor):
             key, value = recorded_half(self.state.self_attention_kv.get(self.name), self.state.batch, key.shape[0])
             if key is None:
                 raise RuntimeError(f"No reconstruction keys/values recorded for {self.name} before the edit pass.")
+            bias = self.state.refocus_bias(query.shape[-2], query.shape[0])  # MagicEraser's refocusing, if on
+            if bias is not None:
+                mask = bias.to(query.dtype) if mask is None else mask + bias.to(mask.dtype)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
         return _finish(attn, out, residual, spatial, query.dtype)
 
@@ -410,6 +428,113 @@ def product_map(words: Sequence[torch.Tensor]) -> torch.Tensor:
     return result
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Protecting the prompt's other objects (ours, not in the paper)
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Function words that never name an object to protect (a fixed English list).
+STOP_WORDS = frozenset(
+    "a an the this that these those of on in at over under against with without and or but to from by for near "
+    "beside behind above below next its it is are photo picture image".split()
+)
+#: Words that open the scene the objects lie on ("... on a sky background"): what follows is not protected.
+SCENE_PREPOSITIONS = ("on", "in", "over", "against")
+PHRASE_SEPARATORS = ("and", "with")
+
+
+def default_protected_words(prompt: str, targets: Sequence[str]) -> list[str]:
+    """The prompt's other objects: for each noun phrase that does not hold a target, its last content word.
+
+    Works on words, not tokens, so it holds for any tokenizer. The prompt is cut at the first of
+    ``SCENE_PREPOSITIONS`` (what follows is the background the objects lie on, the region removal fills from), the
+    rest split into phrases at commas and ``PHRASE_SEPARATORS``. A phrase containing a whole target phrase is the
+    target's and gives nothing; every other phrase gives its last word that is neither a function word
+    (``STOP_WORDS``) nor a target word: "a red star and a yellow triangle on a sky background" with target "star"
+    protects "triangle"; with target "red star" beside "a blue star", it protects "blue".
+    """
+    words = [w.strip(".;:!?\"'()").lower() for w in prompt.replace(",", " , ").split()]
+    for n, word in enumerate(words):
+        if n > 0 and word in SCENE_PREPOSITIONS:
+            words = words[:n]
+            break
+    target_words = {w.lower() for t in targets for w in t.split()}
+    phrases, current = [], []
+    for word in words + [","]:
+        if word in PHRASE_SEPARATORS or word in (",", ""):
+            if current:
+                phrases.append(current)
+            current = []
+        else:
+            current.append(word)
+    protected = []
+    for phrase in phrases:
+        text = " " + " ".join(phrase) + " "
+        if any(" " + t.lower() + " " in text for t in targets):
+            continue
+        content = [w for w in phrase if w not in STOP_WORDS and w not in target_words]
+        if content and content[-1] not in protected:
+            protected.append(content[-1])
+    return protected
+
+
+def protected_dominance(aggregated: torch.Tensor, protect_groups) -> torch.Tensor | None:
+    """Per pixel, the largest normalised map among the protected words, ``[B, h, w]`` (``None`` without any).
+
+    ``protect_groups[b]`` lists, per protected word, its token positions in sample b's prompt (samples may protect
+    different numbers of words; one without any gets zeros, which protect nothing).
+    """
+    if not any(protect_groups):
+        return None
+    per_sample = []
+    for b, groups in enumerate(protect_groups):
+        maps = [normalize_map(aggregated[b : b + 1, tokens].sum(1)) for tokens in groups]
+        per_sample.append(torch.cat(maps).amax(0) if maps else torch.zeros_like(aggregated[b, 0]))
+    return torch.stack(per_sample).detach()
+
+
+def protection_factor(target_map: torch.Tensor, dominance: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+    """How much of the target's normalised map to keep: ``min(1, A / D)``, with D the protected words' dominance.
+
+    Where a protected object's map dominates the target's (D > A) the target's map is lowered in proportion, so the
+    guidance weight, the energy's support and the automatic region all leave the neighbour; where the target
+    dominates nothing changes. Detached: it reshapes where the guidance acts, not what its gradient lowers.
+    """
+    if dominance is None:
+        return torch.ones_like(target_map)
+    return (target_map.detach() / (dominance + eps)).clamp(max=1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Semantics-aware self-attention refocusing (MagicEraser, seed 001; its training-free part)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def refocusing_bias(region: torch.Tensor, protected: torch.Tensor | None, w_pos: float, w_neg: float,
+                    size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+    """MagicEraser's ``M = W_pos * Mask_pos - W_neg * Mask_neg`` for the queries of the region to fill.
+
+    The soft maps stand in for MagicEraser's panoptic segmentation: ``region`` (the target's normalised map, ``[B, h,
+    w]`` in [0, 1]) is the masked part m, ``protected`` (the protected words' dominance, or ``None``) plus the region
+    itself the negative part n (the object and what looks like it), and what is neither the positive part p, the
+    background. Query q gets ``region[q] * (w_pos * p[k] - w_neg * n[k])`` added to its logit toward key k, so a
+    query outside the region is left alone. Returned as ``[B, 1, N, N]`` at ``size``, an additive ``attn_mask`` for
+    SDPA (in logit units: SDPA adds it after the 1/sqrt(d) scaling).
+    """
+    def at_size(soft):
+        soft = soft.unsqueeze(1).float()
+        if tuple(soft.shape[-2:]) != tuple(size):
+            soft = F.interpolate(soft, size=tuple(size), mode="bilinear", align_corners=False)
+        return soft.flatten(1).clamp(0, 1)
+
+    queries = at_size(region)
+    other = at_size(protected) if protected is not None else torch.zeros_like(queries)
+    negative = torch.maximum(queries, other)
+    positive = (1 - queries) * (1 - other)
+    keys = w_pos * positive - w_neg * negative
+    return (queries[:, :, None] * keys[:, None, :]).unsqueeze(1)
+
+
+
 __all__ = [
     "BATCH_LAYOUTS",
     "CFG_BATCH",
@@ -424,6 +549,14 @@ __all__ = [
     "attention_layer_names",
     "automatic_mask",
     "build_processors",
+    "default_protected_words",
+    "protected_dominance",
+    "protection_factor",
+    "refocusing_bias",
+    "default_protected_words",
+    "protected_dominance",
+    "protection_factor",
+    "refocusing_bias",
     "installed_processors",
     "layer_resolution",
     "normalize_map",

@@ -104,16 +104,22 @@ def quiet_libraries() -> None:
 
 
 def removal_settings(model: str | None, steps: int | None = None) -> tuple[int, dict]:
-    """``(steps, call settings)``: the paper's for Stable Diffusion, the tuned ones shipped with the embedded model
-    (its ``magic_remover_defaults.json``); ``steps`` overrides the number of DDIM steps."""
-    import json
+    """``(steps, call settings)`` the model folder ships (``magic_remover_defaults.json``, read as
+    ``from_pretrained`` reads it into ``pipe.removal_defaults``), for callers that pass settings explicitly, such as
+    the web page; ``steps`` overrides the number of DDIM steps. A Hub id or a folder without the file: ``{}``."""
+    from .pipeline_magic_remover import read_removal_defaults
 
-    settings = {}
-    if model is None:
-        path = Path(_embedded_model()) / "magic_remover_defaults.json"
-        settings = json.loads(path.read_text()) if path.is_file() else {}
+    folder = Path(model) if model is not None else Path(_embedded_model())
+    settings = read_removal_defaults(folder) if folder.is_dir() else {}
     default_steps = settings.pop("num_inference_steps", 50)
     return steps or default_steps, settings
+
+
+def removal_steps(pipe, steps: int | None = None) -> int:
+    """The DDIM steps of a call: ``--steps``, else the model's own (``pipe.removal_defaults``, read by
+    ``from_pretrained`` from its ``magic_remover_defaults.json``), else the paper's 50. Every other tuned setting
+    reaches the call through the pipeline itself."""
+    return steps or pipe.removal_defaults.get("num_inference_steps", 50)
 
 
 def write_image_atomically(image, path: Path, force: bool, protected: list[Path]) -> None:
@@ -192,9 +198,9 @@ def command_demo(args) -> int:
     scene = make_scene(args.seed, size=64, num_objects=args.objects)
     index = 0
     obj = scene.objects[index]
-    steps, settings = removal_settings(args.model, args.steps)
+    steps = removal_steps(pipe, args.steps)
     out = pipe(image=scene.image, prompt=scene.caption, target=obj.shape, num_inference_steps=steps,
-               generator=torch.Generator().manual_seed(args.seed), **settings)  # fmt: skip
+               generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
     result = out.images[0]
     truth = scene.objects[index].without
     region = scene.objects[index].mask | scene.objects[index].shadow_mask
@@ -257,7 +263,7 @@ def command_remove(args) -> int:
                   f"{image.height} (--max-size 0 processes at full size)", file=sys.stderr)  # fmt: skip
         if mask is not None:
             mask = mask.resize(processed.size, Image.BILINEAR) if mask.size == image.size else mask
-    steps, settings = removal_settings(args.model, args.steps)
+    steps, settings = removal_steps(pipe, args.steps), {}
     if args.erase_lambda is not None:
         settings["erase_lambda"] = args.erase_lambda
     if args.attention_guidance_scale is not None:

@@ -6,12 +6,14 @@ also loads through ``DiffusionPipeline.from_pretrained(..., custom_pipeline=<thi
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import numbers
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,6 +57,9 @@ from .attention_processors import (
     UNCONDITIONAL,
     RemovalAttentionState,
     aggregate_cross_attention,
+    default_protected_words,
+    protected_dominance,
+    protection_factor,
     attention_energy,
     attention_layer_names,
     automatic_mask,
@@ -133,6 +138,53 @@ class MagicRemoverPipelineOutput(BaseOutput):
     target_attention: dict | None = None
     inversion: MagicRemoverInversion | None = None
     nsfw_content_detected: list[bool] | None = None
+
+
+DEFAULTS_FILE = "magic_remover_defaults.json"
+
+
+def read_removal_defaults(folder) -> dict:
+    """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one).
+
+    Keys are ``__call__`` argument names; an unknown key is a ``ValueError`` naming the file, so a typo never passes
+    silently. Stable Diffusion checkpoints carry no such file and keep the paper's defaults.
+    """
+    path = Path(os.fspath(folder)) / DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    settings = json.loads(path.read_text())
+    known = set(inspect.signature(MagicRemoverPipeline.__call__).parameters) - {"self"}
+    unknown = sorted(set(settings) - known)
+    if not isinstance(settings, dict) or unknown:
+        raise ValueError(f"{path} names settings `__call__` does not take: {unknown}; expected a subset of {sorted(known)}.")
+    return settings
+
+
+def _with_model_defaults(renamed: dict | None = None):
+    """Decorator: arguments the caller did not pass take the loaded model's tuned values (``removal_defaults``).
+
+    An explicit argument always wins; ``renamed`` maps a settings key to this method's own name for it (``invert``
+    calls the inversion method ``method``).
+    """
+    renamed = renamed or {}
+
+    def decorate(method):
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            defaults = getattr(self, "_removal_defaults", None)
+            if defaults:
+                passed = signature.bind_partial(self, *args, **kwargs).arguments
+                for key, value in defaults.items():
+                    name = renamed.get(key, key)
+                    if name in signature.parameters and name not in passed:
+                        kwargs[name] = value
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def _is_number(value) -> bool:
@@ -339,6 +391,41 @@ def _known_words_hint(tokenizer, count: int = 12) -> str:
     return f" Words it knows include: {', '.join(words[:count])}." if words else ""
 
 
+def _mask_arrays(mask_image) -> list[np.ndarray]:
+    """Each mask as a float ``[H, W]`` or ``[H, W, C]`` array, on its own scale (``0..255`` for PIL)."""
+    masks = mask_image if isinstance(mask_image, list) else [mask_image]
+    arrays = []
+    for mask in masks:
+        if isinstance(mask, PIL.Image.Image):
+            arrays.append(np.asarray(mask.convert("RGB") if mask.mode not in ("L", "1", "I", "F") else mask, np.float32))
+        elif isinstance(mask, torch.Tensor):
+            array = mask.detach().float().cpu().numpy()
+            arrays.extend(np.moveaxis(a, 0, -1) if a.ndim == 3 else a for a in (array if array.ndim == 4 else [array]))
+        else:
+            arrays.extend(np.asarray(a, np.float32) for a in (mask if mask.ndim == 4 else [mask]))
+    return arrays
+
+
+def check_mask_values(mask_image) -> None:
+    """A user mask is white (1) where removal may happen; soft values keep their weight.
+
+    An all-black mask (nothing to remove) is a ``ValueError``; a coloured RGB mask is converted by luminance, as
+    ``PIL.Image.convert("L")`` does, with a logged warning. Runs before any model pass.
+    """
+    for array in _mask_arrays(mask_image):
+        if not np.isfinite(array).all():
+            raise ValueError("`mask_image` holds NaN or inf values; expected values in [0, 1] (or 0..255 for PIL).")
+        if array.max() <= 0:
+            raise ValueError("`mask_image` is all black: nothing would be removed. Paint the target's region white.")
+        if array.ndim == 3 and array.shape[-1] >= 3 and not (
+            np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2])
+        ):
+            logger.warning(
+                "`mask_image` is coloured; it is converted to grey by luminance (0.299 R + 0.587 G + 0.114 B). "
+                "Pass a greyscale mask to say exactly where removal may happen."
+            )
+
+
 def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
     """Token positions (in the padded sequence, start token at 0) of each word of ``target`` in ``prompt``.
 
@@ -384,6 +471,29 @@ def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
             "shorten the prompt."
         )
     return positions
+
+
+def protected_token_groups(tokenizer, prompt: str, targets: list[str], protect) -> list[list[int]]:
+    """Token positions of each protected word of ``prompt``: ``protect`` (words of the prompt; an absent one is a
+    ``ValueError`` naming it), or for ``None`` the prompt's other objects (:func:`default_protected_words`; a word the
+    tokenizer cannot find as a whole word is skipped)."""
+    words = default_protected_words(prompt, targets) if protect is None else list(protect)
+    groups = []
+    for word in words:
+        try:
+            groups.append([p for positions in find_target_tokens(tokenizer, prompt, word) for p in positions])
+        except ValueError as error:
+            if protect is not None:
+                raise ValueError(f"`protect` {word!r} is not a word of the prompt {prompt!r}: {error}") from None
+    return groups
+
+
+def protected_word_maps(normalized_words: list[torch.Tensor], dominance) -> list[torch.Tensor]:
+    """An object's normalised word maps lowered where a protected word dominates it (ours, not in the paper)."""
+    if dominance is None:
+        return normalized_words
+    factor = protection_factor(product_map([a.detach() for a in normalized_words]), dominance)
+    return [a * factor for a in normalized_words]
 
 
 class MagicRemoverPipeline(
@@ -445,6 +555,24 @@ class MagicRemoverPipeline(
     # ------------------------------------------------------------------------------------------------------------
     # Building blocks
     # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def removal_defaults(self) -> dict:
+        """The call settings used for every argument a call leaves out: those the model folder ships in
+        ``magic_remover_defaults.json`` (read by ``from_pretrained``; the embedded model's were tuned by
+        ``benchmarks/tune_embedded.py``), else ``{}`` (the paper's defaults, as for Stable Diffusion checkpoints).
+        An explicit argument always wins. Assign a dict to change them, ``{}`` to use the paper's."""
+        return dict(getattr(self, "_removal_defaults", {}) or {})
+
+    @removal_defaults.setter
+    def removal_defaults(self, settings: dict) -> None:
+        if not isinstance(settings, dict):
+            raise TypeError(f"`removal_defaults` must be a dict of `__call__` arguments, got {type(settings).__name__}.")
+        known = set(inspect.signature(type(self).__call__).parameters) - {"self"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"`removal_defaults` names settings `__call__` does not take: {unknown}.")
+        self._removal_defaults = dict(settings)
 
     @property
     def num_timesteps(self):
@@ -684,6 +812,7 @@ class MagicRemoverPipeline(
     # Inversion (Algorithm 1, lines 1-3)
     # ------------------------------------------------------------------------------------------------------------
 
+    @_with_model_defaults(renamed={"inversion_method": "method"})
     @torch.no_grad()
     def invert(
         self,
@@ -907,6 +1036,10 @@ class MagicRemoverPipeline(
         blend_outside_attention_mask=False,
         attention_mask_threshold=None,
         keep_input_outside_attention_mask=False,
+        protect=None,
+        refocus_w_pos=0.0,
+        refocus_w_neg=0.0,
+        refocus_timesteps=(700, 1000),
     ):
         self._check_common_inputs(num_inference_steps, guidance_scale, generator)
         num_train = int(self.scheduler.config.num_train_timesteps)
@@ -994,7 +1127,24 @@ class MagicRemoverPipeline(
             reference = self._image_batch_and_size(image)[1] if image is not None else tuple(inversion.image_size)
             if mask_size != tuple(reference):
                 raise ValueError(f"`mask_image` is {mask_size[0]}x{mask_size[1]} but the image is {reference[0]}x{reference[1]}.")
+            if image is None and output_type != "latent":
+                raise ValueError(
+                    "With `mask_image` the result outside the mask is the input's own pixels: pass `image` along with "
+                    "`inversion`."
+                )
+            check_mask_values(mask_image)
+        for name, weight in (("refocus_w_pos", refocus_w_pos), ("refocus_w_neg", refocus_w_neg)):
+            if not (_is_number(weight) and weight >= 0):
+                raise ValueError(f"`{name}` (MagicEraser's refocusing weight) must be a number >= 0, got {weight!r}.")
+        _check_timestep_range(refocus_timesteps, "refocus_timesteps", num_train)
         self._check_targets_in_prompt(prompt if prompt is not None else inversion.prompt, targets, batch)
+        if protect is not None:
+            words = [protect] if isinstance(protect, str) else protect
+            if not (isinstance(words, (list, tuple)) and all(isinstance(w, str) and w.strip() for w in words)):
+                raise TypeError(f"`protect` must be None, a word of the prompt (str) or a list of them, got {protect!r}.")
+            prompts = [prompt] if isinstance(prompt, str) else (prompt or (inversion.prompt if inversion else []))
+            for text in prompts:  # an absent word is named now, before any model pass
+                protected_token_groups(self.tokenizer, self._prompts([text])[0], list(targets), list(words))
         return targets
 
     def _check_targets_in_prompt(self, prompt, targets, batch) -> None:
@@ -1071,8 +1221,9 @@ class MagicRemoverPipeline(
             target_attention = sum(product_map(words) for words in objects).detach().flatten(1).mean(1)
             guidance = torch.zeros_like(z)
             if ctx.attention_guidance_scale > 0:
+                dominance = protected_dominance(aggregated, ctx.protect_groups)
                 for m, words in enumerate(objects):
-                    normalized = [normalize_map(word) for word in words]
+                    normalized = protected_word_maps([normalize_map(word) for word in words], dominance)
                     if ctx.energy == "paper":
                         energy = sum(attention_energy(a, ctx.erase_lambda, ctx.pixel_area) for a in normalized)  # eq. 7
                     else:
@@ -1105,13 +1256,18 @@ class MagicRemoverPipeline(
         aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
         objects = word_maps(aggregated, ctx.token_groups)
         raw = sum(product_map(words) for words in objects)
-        soft_mask = sum(product_map([normalize_map(w) for w in words]) for words in objects).clamp(0, 1)
+        dominance = protected_dominance(aggregated, ctx.protect_groups)
+        soft_mask = sum(
+            product_map(protected_word_maps([normalize_map(w) for w in words], dominance)) for words in objects
+        ).clamp(0, 1)
+        ctx.state.refocus_maps = (soft_mask, dominance)  # where the edit pass may refocus (MagicEraser)
         return epsilon, raw.flatten(1).mean(1), soft_mask
 
     # ------------------------------------------------------------------------------------------------------------
     # Algorithm 1
     # ------------------------------------------------------------------------------------------------------------
 
+    @_with_model_defaults()
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
@@ -1135,6 +1291,10 @@ class MagicRemoverPipeline(
         blend_outside_attention_mask: bool = False,
         attention_mask_threshold: float | None = None,
         keep_input_outside_attention_mask: bool = False,
+        protect: str | list[str] | None = None,
+        refocus_w_pos: float = 0.0,
+        refocus_w_neg: float = 0.0,
+        refocus_timesteps: tuple[float, float] = (700, 1000),
         inversion_method: str = "null-text",
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -1155,8 +1315,11 @@ class MagicRemoverPipeline(
             prompt: a caption of the image that names the target, e.g. ``"a photo of a dog on the grass"``.
             target: the word or phrase of ``prompt`` to erase (``k`` in the paper), or a list of them. A phrase of n
                 words is erased where all its words attend (eq. 9: product of their maps).
-            mask_image: optional; white where removal may happen. It gates the gradient (eq. 13) and keeps the result
-                outside it equal to the reconstruction.
+            mask_image: optional; white where removal may happen (soft values weigh in between). It gates the
+                gradient (eq. 13) and keeps the edit latent outside it equal to the reconstruction's (appendix A.4); the
+                decoded result outside it is the input's own pixels (ours: the autoencoder's round trip would blur
+                them), so ``image`` is needed with it. An all-black mask is a ``ValueError``; a coloured one is
+                converted by luminance with a warning.
             inversion: a [`MagicRemoverInversion`] from [`~MagicRemoverPipeline.invert`]; skips inversion. Its
                 settings must match this call's.
             num_inference_steps: DDIM steps T.
@@ -1204,6 +1367,21 @@ class MagicRemoverPipeline(
                 autoencoder's round trip then touches nothing outside the object's region, which matters when the
                 autoencoder is lossy. Not in the paper; off by default. Needs ``image`` and a decoded ``output_type``;
                 with ``mask_image`` the user's mask decides instead.
+            protect: words of ``prompt`` naming what must stay (ours, not in the paper): where a protected word's
+                cross-attention map dominates the target's, the target's map is lowered in proportion
+                (``min(1, A / D)``), and with it the guidance weight, the energy's support and the automatic region.
+                ``None`` (default): the prompt's other objects, the last content word of each noun phrase without
+                the target, the scene after "on"/"in"/"over"/"against" left out (``default_protected_words``:
+                "a red star and a yellow triangle on a sky background" protects "triangle" when removing "star").
+                ``[]`` turns it off. A word absent from the prompt is a ``ValueError`` naming it.
+            refocus_w_pos, refocus_w_neg: MagicEraser's semantics-aware self-attention refocusing (seed 001, its
+                training-free part; not in MagicRemover): in the edit pass's self-attention, queries inside the
+                target's soft region get ``+w_pos`` added to their logits toward background keys (low target and
+                protected maps) and ``-w_neg`` toward keys on the target and the protected objects, so the hole is
+                filled from the background (``refocusing_bias``). Needs ``self_attention_guidance``. 0, 0 (default):
+                off. The reconstruction branch never sees it.
+            refocus_timesteps: ``(low, high)`` where refocusing runs, training-timestep units (MagicEraser: the
+                early steps, t from 1 to 0.7 of the schedule: ``(700, 1000)``).
             inversion_method: ``"null-text"`` (paper), ``"direct"``, ``"ddim"`` or ``"negative-prompt"``; see
                 [`~invert`].
             generator: accepted for API symmetry; the method is deterministic (DDIM with sigma = 0).
@@ -1233,8 +1411,10 @@ class MagicRemoverPipeline(
             image, prompt, target, mask_image, inversion, num_inference_steps, guidance_scale, erase_lambda,
             attention_guidance_scale, guidance_timesteps, optimization_timesteps, optimization_steps, energy,
             gradient_weighting, inversion_method, generator, output_type, callback_on_step_end_tensor_inputs,
-            blend_outside_attention_mask, attention_mask_threshold, keep_input_outside_attention_mask,
+            blend_outside_attention_mask, attention_mask_threshold, keep_input_outside_attention_mask, protect,
+            refocus_w_pos, refocus_w_neg, refocus_timesteps,
         )  # fmt: skip
+        protect = [protect] if isinstance(protect, str) else protect
         self._interrupt = False
         self._guidance_scale = guidance_scale
         self._cross_attention_kwargs, self._clip_skip = cross_attention_kwargs, clip_skip
@@ -1268,6 +1448,7 @@ class MagicRemoverPipeline(
 
         # The target words k of the prompt (eq. 9 groups the words of one phrase)
         token_groups = [[find_target_tokens(self.tokenizer, p, t) for t in targets] for p in self._prompts(prompts)]
+        protect_groups = [protected_token_groups(self.tokenizer, p, targets, protect) for p in self._prompts(prompts)]
 
         pixel_mask = latent_mask = None
         if mask_image is not None:
@@ -1281,6 +1462,7 @@ class MagicRemoverPipeline(
             null_embeddings=inversion.null_embeddings,
             prompt_embeds=inversion.prompt_embeds,
             token_groups=token_groups,
+            protect_groups=protect_groups,
             latent_size=latent_size,
             erase_lambda=float(erase_lambda),
             attention_guidance_scale=float(attention_guidance_scale),
@@ -1296,6 +1478,8 @@ class MagicRemoverPipeline(
         timesteps = schedule.timesteps
         guided = timesteps_in_range(timesteps, *guidance_timesteps)  # paper: 100 < t < t2
         optimized = timesteps_in_range(timesteps, *optimization_timesteps)  # paper: t1 < t < t2
+        refocused = timesteps_in_range(timesteps, *refocus_timesteps)  # MagicEraser: early steps only
+        refocus = (float(refocus_w_pos), float(refocus_w_neg)) if refocus_w_pos or refocus_w_neg else None
         self._num_timesteps = len(timesteps)
 
         # Line 4 onwards: both branches start from z_T
@@ -1315,6 +1499,7 @@ class MagicRemoverPipeline(
 
                     # Reconstruction branch (plain CFG with null_t); records K_rec, V_rec for eq. 10
                     eps_rec, rec_attention, soft_mask = self._reconstruction_epsilon(ctx, reconstruction_latents, i, t)
+                    ctx.state.refocus_weights = refocus if refocused[i] else None  # edit pass only (MagicEraser)
                     if guided[i]:
                         map_sum, map_count = map_sum + soft_mask, map_count + 1
 
@@ -1396,8 +1581,9 @@ class MagicRemoverPipeline(
         else:
             images = self._to_image_size(self.decode_latents_to_pixels(latents), image_size)
             reconstructions = self._to_image_size(self.decode_latents_to_pixels(reconstruction_latents), image_size)
-            if pixel_mask is not None:
-                images = pixel_mask * images + (1 - pixel_mask) * reconstructions
+            if pixel_mask is not None:  # as every mask-based remover: outside the mask, the input's own pixels
+                source = self._prepare_image(image, image_size).to(images.device)
+                images = pixel_mask * images + (1 - pixel_mask) * source
             elif keep_input_outside_attention_mask:  # not in Algorithm 1: only the target's region is decoded
                 region = automatic_mask(latent_map, attention_mask_threshold).unsqueeze(1)
                 region = F.interpolate(region, size=image_size, mode="bilinear", align_corners=False)
@@ -1434,6 +1620,8 @@ class MagicRemoverPipeline(
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipeline, cls) and type(pipeline).__name__ == cls.__name__:
             pipeline = cls(**pipeline.components)
+        if folder.is_dir():  # the model's tuned settings, used for every argument a call leaves out
+            pipeline._removal_defaults = read_removal_defaults(folder)
         return pipeline
 
     @classmethod
@@ -1472,6 +1660,8 @@ class MagicRemoverPipeline(
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "private", "token", "commit_message") if key in kwargs}
         super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
         write_pipeline_code(save_directory, type(self).__name__)
+        if self.removal_defaults:  # the tuned settings travel with the weights
+            (Path(save_directory) / DEFAULTS_FILE).write_text(json.dumps(self.removal_defaults, indent=2) + "\n")
         if push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 
@@ -1539,3 +1729,4 @@ class _RemovalContext:
     energy: str
     gradient_weighting: str
     latent_mask: torch.Tensor | None
+    protect_groups: list = field(default_factory=list)  # per sample, the protected words' token positions

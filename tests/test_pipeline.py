@@ -72,14 +72,31 @@ def test_without_guidance_the_edit_branch_is_the_reconstruction(pipe, inversion)
     torch.testing.assert_close(out.images, out.reconstructions, atol=1e-4, rtol=1e-4)  # float rounding only
 
 
-def test_mask_keeps_the_result_equal_to_the_reconstruction_outside_it(pipe, image, inversion):
+def test_mask_keeps_the_input_outside_it(pipe, image, inversion):
     mask = np.zeros((32, 32), dtype=np.uint8)
     mask[8:24, 6:22] = 255
-    out = pipe(prompt=PROMPT, target="ball", inversion=inversion, mask_image=PIL.Image.fromarray(mask),
-               num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE, output_type="np")  # fmt: skip
+    out = pipe(image=image, prompt=PROMPT, target="ball", inversion=inversion, mask_image=PIL.Image.fromarray(mask),
+               num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE)  # fmt: skip
+    result, source = np.asarray(out.images[0]), np.asarray(image.convert("RGB"))
     outside = mask == 0
-    np.testing.assert_array_equal(out.images[0][outside], out.reconstructions[0][outside])
-    assert np.abs(out.images[0][~outside] - out.reconstructions[0][~outside]).max() > 0
+    np.testing.assert_array_equal(result[outside], source[outside])  # the input's own pixels, not the round trip
+    assert np.abs(result[~outside].astype(int) - source[~outside]).max() > 0
+
+
+def test_mask_is_validated_before_any_model_pass(pipe, image, inversion, caplog, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the UNet ran before the mask was checked")
+
+    monkeypatch.setattr(pipe, "_unet_epsilon", no_model)
+    base = dict(image=image, prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS)
+    with pytest.raises(ValueError, match="all black"):
+        pipe(mask_image=PIL.Image.new("L", image.size, 0), **base)
+    with pytest.raises(ValueError, match="pass `image`"):
+        pipe(**{**base, "image": None}, mask_image=PIL.Image.new("L", image.size, 255))
+    coloured = PIL.Image.new("RGB", image.size, (255, 0, 0))
+    with caplog.at_level("WARNING"), pytest.raises(AssertionError, match="UNet ran"):
+        pipe(mask_image=coloured, **base)  # accepted (it gets as far as the model), with a warning
+    assert "luminance" in caplog.text
 
 
 def test_mask_keeps_the_edit_latent_equal_to_the_reconstruction_outside_it(pipe, inversion):

@@ -21,7 +21,7 @@ def test_quick_removal_benchmark_runs(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "removal.md").read_text()
-    for method in ("MagicRemover (text only)", "Prompt-to-Prompt", "Blended latent diffusion", "OpenCV Telea",
+    for method in ("MagicRemover (text only)", "MagicRemover, protect off", "LEDITS++", "Prompt-to-Prompt", "Blended latent diffusion", "OpenCV Telea",
                    "Reconstruction only"):  # fmt: skip
         assert method in table
     assert (tmp_path / "removal.png").stat().st_size > 0

@@ -1,0 +1,76 @@
+"""Protecting the prompt's other objects (ours, not in the paper): pure functions and the argument's checks."""
+
+import pytest
+import torch
+from conftest import PROMPT, quick_removal
+
+from magic_remover.attention_processors import (
+    default_protected_words,
+    normalize_map,
+    product_map,
+    protected_dominance,
+    protection_factor,
+)
+from magic_remover.pipeline_magic_remover import protected_word_maps
+
+
+@pytest.mark.parametrize(
+    "prompt, targets, expected",
+    [
+        ("a red star and a yellow triangle on a sky background", ["star"], ["triangle"]),
+        ("a red star and a blue star on a sky background", ["red star"], ["blue"]),
+        ("an orange triangle, a pink square and a blue circle in a room", ["square"], ["triangle", "circle"]),
+        (PROMPT, ["ball"], []),  # one object: nothing to protect, the scene after "on" never counts
+    ],
+)
+def test_default_protects_the_other_objects_only(prompt, targets, expected):
+    assert default_protected_words(prompt, targets) == expected
+
+
+def _two_objects():
+    """A target map on the left object that spills onto the right one, and a protected word on the right."""
+    target = torch.zeros(1, 8, 8)
+    target[0, :, :4] = 1.0
+    target[0, :, 4:6] = 0.4  # the spill onto the neighbour
+    neighbour = torch.zeros(1, 8, 8)
+    neighbour[0, :, 4:6] = 1.0
+    return target, neighbour
+
+
+def test_protected_word_lowers_the_guidance_weight_on_its_own_region():
+    target, neighbour = _two_objects()
+    aggregated = torch.stack([target[0], neighbour[0]]).unsqueeze(0)  # [B, tokens, h, w]
+    dominance = protected_dominance(aggregated, [[[1]]])
+    torch.testing.assert_close(dominance, normalize_map(neighbour))
+    plain = product_map([normalize_map(target)])
+    protected = product_map(protected_word_maps([normalize_map(target)], dominance))
+    assert protected[0, :, 4:6].max() < 0.5 * plain[0, :, 4:6].min()  # the neighbour's region: lowered
+    torch.testing.assert_close(protected[0, :, :4], plain[0, :, :4])  # the target's own region: unchanged
+
+
+def test_no_protected_word_changes_nothing():
+    target, _ = _two_objects()
+    assert protected_dominance(torch.rand(2, 3, 4, 4), [[], []]) is None
+    torch.testing.assert_close(protection_factor(target, None), torch.ones_like(target))
+    # a sample without protected words in a batch with some: its map is left as it is
+    dominance = protected_dominance(torch.rand(2, 3, 8, 8), [[[2]], []])
+    maps = normalize_map(torch.rand(2, 8, 8))
+    torch.testing.assert_close(protected_word_maps([maps], dominance)[0][1], maps[1])
+
+
+def test_protect_names_an_absent_word_before_any_model_pass(pipe, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the UNet ran before `protect` was checked")
+
+    monkeypatch.setattr(pipe, "_unet_epsilon", no_model)
+    with pytest.raises(ValueError, match="`protect` 'tiger'"):
+        quick_removal(pipe, protect=["grass", "tiger"])
+    with pytest.raises(TypeError, match="`protect`"):
+        quick_removal(pipe, protect=[3])
+
+
+def test_protect_changes_only_where_the_protected_word_dominates(pipe):
+    off = quick_removal(pipe, protect=[], attention_guidance_scale=50.0)
+    on = quick_removal(pipe, protect=["grass"], attention_guidance_scale=50.0)
+    assert on.shape == off.shape and torch.isfinite(on).all()
+    assert not torch.equal(on, off)
