@@ -473,14 +473,6 @@ def _plan(rows: list[Row], tokenizer) -> tuple[list[Row], list[Row], list[list[R
     return failed, skipped, group_rows(pending)
 
 
-def _silence_loading_bars() -> None:
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _open_run(outdir: Path, failed: list[Row], skipped: list[Row], groups: list[list[Row]], settings) -> None:
     """The main process's part of starting a run: tidies what a kill left (a torn line, temporary files, the
     per-process records of a distributed run), then records the refused rows and the rows whose outputs exist
@@ -499,6 +491,24 @@ def _open_run(outdir: Path, failed: list[Row], skipped: list[Row], groups: list[
         if (row.number, _display(row.output, outdir)) not in recorded:
             append_record(results, _record(row, outdir, "skipped", "outputs already complete", seconds=0.0,
                                            settings=settings.record()))  # fmt: skip
+
+
+def _run_group(pipe, group, settings, outdir: Path, results: Path, process: int, done_so_far: list, say, prefix):
+    """Runs one group, appending each row's record to ``results`` (and to ``done_so_far``) the moment it finishes,
+    reporting failures on stderr and the finished image on one line."""
+    records = []
+    for record in remove_group(pipe, group, settings, outdir):
+        record["process"] = process
+        append_record(results, record)  # at once: a kill loses no finished row
+        records.append(record)
+        done_so_far.append(record)
+        if record["status"] == "failed":
+            print(f"magic-remover: row {record['row']} ({record['image']}): {record['error']}", file=sys.stderr)
+    finished = [r for r in records if r["status"] == "done"]
+    if finished:
+        seconds = records[0].get("inversion_seconds", 0.0) + sum(r["seconds"] for r in records)
+        removed = ", ".join(f"{r['target']!r} -> {r['output']}" for r in finished)
+        say(f"{prefix}{group[0].image.name}: removed {removed} ({seconds:.1f} s)")
 
 
 def process_state():
@@ -530,8 +540,6 @@ def run_batch(args) -> int:
 
     state = process_state()
     main = state.is_main_process
-    if args.quiet:
-        _silence_loading_bars()
     say = (lambda text: None) if args.quiet else (lambda text: tqdm.write(text, file=sys.stdout))
     start = time.perf_counter()
     pipe = load_pipeline(args.model, args.threads, device=state.device)
@@ -549,23 +557,16 @@ def run_batch(args) -> int:
 
     mine_path = results if state.num_processes == 1 else outdir / f"results.process-{state.process_index}.jsonl"
     prefix = f"[process {state.process_index}] " if state.num_processes > 1 else ""
-    own_records: list[dict] = []
-    with state.split_between_processes(groups) as mine:
-        bar = tqdm(mine, unit="image", desc=f"{prefix}removing", disable=args.quiet or not main, file=sys.stderr)
-        for group in bar:
-            records = []
-            for record in remove_group(pipe, group, settings, outdir):
-                record["process"] = state.process_index
-                append_record(mine_path, record)  # at once: a kill loses no finished row
-                records.append(record)
-                if record["status"] == "failed":
-                    print(f"magic-remover: row {record['row']} ({record['image']}): {record['error']}", file=sys.stderr)
-            own_records += records
-            finished = [r for r in records if r["status"] == "done"]
-            if finished:
-                seconds = records[0].get("inversion_seconds", 0.0) + sum(r["seconds"] for r in records)
-                removed = ", ".join(f"{r['target']!r} -> {r['output']}" for r in finished)
-                say(f"{prefix}{group[0].image.name}: removed {removed} ({seconds:.1f} s)")
+    own_records: list[dict] = []  # filled as rows finish, so an interruption knows how many did
+    try:
+        with state.split_between_processes(groups) as mine:
+            bar = tqdm(mine, unit="image", desc=f"{prefix}removing", disable=args.quiet or not main, file=sys.stderr)
+            for group in bar:
+                _run_group(pipe, group, settings, outdir, mine_path, state.process_index, own_records, say, prefix)
+    except KeyboardInterrupt:  # the rows finished so far are written and recorded: say so, not "nothing written"
+        print(f"magic-remover: interrupted after {len(own_records)} row(s) of this run; their outputs and records are "
+              "kept, and the same command resumes.", file=sys.stderr)  # fmt: skip
+        return 130
     state.wait_for_everyone()
 
     if not main:
