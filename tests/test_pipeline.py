@@ -297,11 +297,12 @@ def _guidance_at(pipe, inversion, targets, energy="paper", gradient_weighting="a
     z, timestep = inversion.latents[STEPS - step], inversion.timesteps[step]
     ctx = _RemovalContext(
         state=_StateKeepingTheEditMaps(), schedule=DDIMSchedule.from_scheduler_config(pipe.scheduler.config, STEPS),
-        null_embeddings=inversion.null_embeddings, prompt_embeds=inversion.prompt_embeds, guidance_scale=7.5,
+        null_embeddings=inversion.null_embeddings, prompt_embeds=inversion.prompt_embeds,
         token_groups=[[find_target_tokens(pipe.tokenizer, PROMPT, t) for t in targets]], latent_size=(16, 16),
         erase_lambda=0.8, attention_guidance_scale=1.0, pixel_area=1.0, energy=energy,
         gradient_weighting=gradient_weighting, latent_mask=None,
     )  # fmt: skip
+    pipe._guidance_scale = inversion.guidance_scale  # what __call__ sets; the steps read it from the pipeline
     _, cross_names = attention_layer_names(pipe.unet)
     with installed_processors(pipe.unet, build_processors(pipe.unet, ctx.state, [], cross_names)):
         eps, eps_guided, _ = pipe._guided_epsilon(ctx, z, step, timestep)
