@@ -409,3 +409,24 @@ def test_nan_is_caught_with_a_clear_error(pipe, inversion):
 
     with pytest.raises(FloatingPointError, match="NaN"):
         pipe(inversion=inversion, target="ball", num_inference_steps=STEPS, callback_on_step_end=poison)
+
+
+def test_only_the_conditional_half_of_the_edit_branch_builds_a_graph(pipe, image):
+    """The split CFG: the energy reads the conditional half's cross-attention, so the unconditional half is evaluated
+    without an autograd graph (a graph there costs memory and is never used, so no result shows it)."""
+    graph_calls = []
+
+    def record(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        if torch.is_grad_enabled() and sample.requires_grad:
+            graph_calls.append(kwargs["encoder_hidden_states"].detach().clone())
+
+    handle = pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        out = pipe(image=image, prompt=PROMPT, target="ball", num_inference_steps=4, inversion_method="ddim",
+                   attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    finally:
+        handle.remove()
+    assert len(graph_calls) >= 3  # every guided evaluation, one graph each
+    for embeds in graph_calls:
+        torch.testing.assert_close(embeds, out.inversion.prompt_embeds.to(embeds.dtype), rtol=0, atol=0)
