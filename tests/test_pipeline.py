@@ -297,11 +297,12 @@ def _guidance_at(pipe, inversion, targets, energy="paper", gradient_weighting="a
     z, timestep = inversion.latents[STEPS - step], inversion.timesteps[step]
     ctx = _RemovalContext(
         state=_StateKeepingTheEditMaps(), schedule=DDIMSchedule.from_scheduler_config(pipe.scheduler.config, STEPS),
-        null_embeddings=inversion.null_embeddings, prompt_embeds=inversion.prompt_embeds, guidance_scale=7.5,
+        null_embeddings=inversion.null_embeddings, prompt_embeds=inversion.prompt_embeds,
         token_groups=[[find_target_tokens(pipe.tokenizer, PROMPT, t) for t in targets]], latent_size=(16, 16),
         erase_lambda=0.8, attention_guidance_scale=1.0, pixel_area=1.0, energy=energy,
         gradient_weighting=gradient_weighting, latent_mask=None,
     )  # fmt: skip
+    pipe._guidance_scale = inversion.guidance_scale  # what __call__ sets; the steps read it from the pipeline
     _, cross_names = attention_layer_names(pipe.unet)
     with installed_processors(pipe.unet, build_processors(pipe.unet, ctx.state, [], cross_names)):
         eps, eps_guided, _ = pipe._guided_epsilon(ctx, z, step, timestep)
@@ -408,3 +409,24 @@ def test_nan_is_caught_with_a_clear_error(pipe, inversion):
 
     with pytest.raises(FloatingPointError, match="NaN"):
         pipe(inversion=inversion, target="ball", num_inference_steps=STEPS, callback_on_step_end=poison)
+
+
+def test_only_the_conditional_half_of_the_edit_branch_builds_a_graph(pipe, image):
+    """The split CFG: the energy reads the conditional half's cross-attention, so the unconditional half is evaluated
+    without an autograd graph (a graph there costs memory and is never used, so no result shows it)."""
+    graph_calls = []
+
+    def record(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        if torch.is_grad_enabled() and sample.requires_grad:
+            graph_calls.append(kwargs["encoder_hidden_states"].detach().clone())
+
+    handle = pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        out = pipe(image=image, prompt=PROMPT, target="ball", num_inference_steps=4, inversion_method="ddim",
+                   attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    finally:
+        handle.remove()
+    assert len(graph_calls) >= 3  # every guided evaluation, one graph each
+    for embeds in graph_calls:
+        torch.testing.assert_close(embeds, out.inversion.prompt_embeds.to(embeds.dtype), rtol=0, atol=0)
