@@ -153,7 +153,7 @@ def read_removal_defaults(folder) -> dict:
     if not path.is_file():
         return {}
     settings = json.loads(path.read_text())
-    known = set(inspect.signature(MagicRemoverPipeline.__call__).parameters) - {"self"}
+    known = _CALL_ARGUMENTS
     unknown = sorted(set(settings) - known)
     if not isinstance(settings, dict) or unknown:
         raise ValueError(f"{path} names settings `__call__` does not take: {unknown}; expected a subset of {sorted(known)}.")
@@ -568,7 +568,7 @@ class MagicRemoverPipeline(
     def removal_defaults(self, settings: dict) -> None:
         if not isinstance(settings, dict):
             raise TypeError(f"`removal_defaults` must be a dict of `__call__` arguments, got {type(settings).__name__}.")
-        known = set(inspect.signature(type(self).__call__).parameters) - {"self"}
+        known = _CALL_ARGUMENTS
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ValueError(f"`removal_defaults` names settings `__call__` does not take: {unknown}.")
@@ -1688,6 +1688,10 @@ class MagicRemoverPipeline(
         checked, has_nsfw = self.safety_checker(images=denormalized, clip_input=features.pixel_values.to(dtype))
         return checked * 2 - 1, has_nsfw
 
+
+#: The arguments a removal call takes, read once from the signature (a wrapper patched onto ``__call__`` later, as
+#: tests and profilers do, must not change which settings a model folder may name)
+_CALL_ARGUMENTS = frozenset(inspect.signature(MagicRemoverPipeline.__call__).parameters) - {"self"}
 
 SIBLING_MODULES = ("attention_processors.py", "images.py", "inversion.py")
 
