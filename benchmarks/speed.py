@@ -122,7 +122,10 @@ def summarise(records: dict) -> list[dict]:
     reference = None
     for method in METHODS:
         items = records[method]
-        mean = lambda key: float(np.mean([r[key] for r in items])) if items and key in items[0] else None  # noqa: E731
+        def mean(key):  # over the images that carry the measurement (reconstruction PSNR: the first few)
+            values = [r[key] for r in items if key in r]
+            return float(np.mean(values)) if values else None
+
         total = mean("inversion_s") + mean("loop_s")
         if method == "null-text":
             reference = total
