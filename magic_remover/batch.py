@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import CommandError, load_pipeline, positive_int, removal_settings, write_image_atomically
-from .inversion import INVERSION_METHODS
+
+# inversion.INVERSION_METHODS, spelt out so that `--help` needs no torch import (a test compares the two)
+BATCH_INVERSION_METHODS = ("null-text", "ddim", "negative-prompt", "direct")
 
 REQUIRED_COLUMNS = ("image", "prompt", "target")
 OPTIONAL_COLUMNS = ("mask", "output")
@@ -593,7 +595,7 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     batch.add_argument("--model", default=None, help="Hub id or local folder (default: the embedded model)")
     batch.add_argument("--steps", type=positive_int, default=None,
                        help="DDIM steps (default: 50, or the embedded model's)")  # fmt: skip
-    batch.add_argument("--inversion-method", choices=INVERSION_METHODS, default=None,
+    batch.add_argument("--inversion-method", choices=BATCH_INVERSION_METHODS, default=None,
                        help="how each image is inverted (default: the model's, null-text for Stable Diffusion)")
     batch.add_argument("--save-masks", action="store_true", help="also write each target's soft map, <output>-mask.png")
     batch.add_argument("--max-size", type=positive_int, default=None,

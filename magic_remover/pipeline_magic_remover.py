@@ -26,7 +26,6 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import (
     USE_PEFT_BACKEND,
@@ -185,6 +184,17 @@ def _with_model_defaults(renamed: dict | None = None):
         return wrapper
 
     return decorate
+
+
+def vae_latents(encoder_output) -> torch.Tensor:
+    """The deterministic latent of a VAE encoding: the posterior's mode, or ``.latents`` where the VAE has no
+    distribution (``AutoencoderTiny``). diffusers' img2img ``retrieve_latents`` with ``sample_mode="argmax"`` does the
+    same; importing it loads the whole Stable Diffusion pipeline package (and transformers' image-processor notices)."""
+    if hasattr(encoder_output, "latent_dist"):
+        return encoder_output.latent_dist.mode()
+    if hasattr(encoder_output, "latents"):
+        return encoder_output.latents
+    raise AttributeError("The VAE's encode() output has neither `latent_dist` nor `latents`.")
 
 
 def _is_number(value) -> bool:
@@ -684,10 +694,10 @@ class MagicRemoverPipeline(
 
         Any VAE diffusers pairs with Stable Diffusion: the posterior's mode where the encoder gives a distribution
         (``AutoencoderKL``, ``AsymmetricAutoencoderKL``, ``ConsistencyDecoderVAE``), its ``.latents`` where it gives
-        none (``AutoencoderTiny``); the choice is diffusers' own ``retrieve_latents``, as its img2img pipelines make it.
+        none (``AutoencoderTiny``); the choice is :func:`vae_latents`, as diffusers' img2img pipelines make it.
         """
         image = image.to(device=self._execution_device, dtype=self.vae.dtype)
-        latents = retrieve_latents(self.vae.encode(image), sample_mode="argmax").float()
+        latents = vae_latents(self.vae.encode(image)).float()
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
 

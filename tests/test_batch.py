@@ -367,3 +367,10 @@ def test_batch_runs_on_the_embedded_model_with_its_tuned_settings(tmp_path, call
     assert records[0]["settings"]["keep_input_outside_attention_mask"] is True  # the model's tuned settings
     for record in records:
         assert Image.open(tmp_path / "out" / record["output"]).size == (64, 64)
+
+
+def test_batch_inversion_choices_are_the_pipelines():
+    from magic_remover.batch import BATCH_INVERSION_METHODS
+    from magic_remover.inversion import INVERSION_METHODS
+
+    assert sorted(BATCH_INVERSION_METHODS) == sorted(INVERSION_METHODS)
