@@ -72,3 +72,9 @@ def assert_same_state(before: dict, after: dict) -> None:
     for key in before:
         if key not in ("processors", "scheduler"):
             assert before[key] == after[key], f"{key} changed"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(sd_folder):
+    """The same folder as a ``--model`` argument for the command-line tests."""
+    return str(sd_folder)

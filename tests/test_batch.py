@@ -11,9 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from diffusers import StableDiffusionPipeline
 from PIL import Image
-from tiny_components import make_test_image, tiny_components
+from tiny_components import make_test_image
 
 import magic_remover
 from magic_remover.batch import Row, assign_outputs, read_jobs, read_records, repair_records
@@ -23,13 +22,6 @@ from magic_remover.pipeline_magic_remover import MagicRemoverPipeline
 PROMPT = "a photo of a red ball on the grass"
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ("--inversion-method", "ddim")  # null-text inversion is 20x slower and not what these tests are about
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    StableDiffusionPipeline(**tiny_components()).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture

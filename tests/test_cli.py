@@ -4,22 +4,14 @@ import os
 from pathlib import Path
 
 import pytest
-from diffusers import StableDiffusionPipeline
 from PIL import Image
-from tiny_components import make_test_image, tiny_components
+from tiny_components import make_test_image
 
 import magic_remover
 from magic_remover.cli import main, write_image_atomically
 
 HAS_EMBEDDED = (Path(magic_remover.EMBEDDED_MODEL) / "model_index.json").is_file()
 PROMPT = "a photo of a red ball on the grass"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    StableDiffusionPipeline(**tiny_components()).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture
