@@ -12,7 +12,8 @@ section is stored in ``benchmarks/results/speed_sections.json`` so they can be r
 Columns: UNet rows (samples through the UNet: a CFG-batched call counts 2) forward and backward, against the method's
 minimum for the settings; seconds for inversion and loop; total and its ratio to null-text; peak resident memory
 growth; reconstruction PSNR with attention guidance off against the autoencoder's round trip and against the input;
-removal success on held-out scenes of the removal benchmark (same detector and definition).
+removal success, neighbour lost and fill PSNR on held-out scenes of the removal benchmark (same detector and
+definitions).
 """
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ def run_methods(pipe, images, captions, phrases, steps, settings, success_of=Non
             }
             if n < reconstruction_scenes:
                 record.update(reconstruction_psnr(pipe, image, inversion, phrase, steps, guidance, call, method))
-            if success_of is not None:
-                record["success"] = success_of(n, out.images[0])
+            if success_of is not None:  # the removal benchmark's score: success, neighbour lost, fill PSNR
+                outcome = success_of(n, out.images[0])
+                record.update(success=bool(outcome["success"]), others_lost=bool(outcome["others_lost"]),
+                              fill_psnr=float(outcome["fill_psnr"]))  # fmt: skip
             records[method].append(record)
         print(f"[{n + 1}/{len(images)}] " + ", ".join(
             f"{m} {records[m][-1]['inversion_s'] + records[m][-1]['loop_s']:.1f}s"
@@ -135,6 +138,8 @@ def summarise(records: dict) -> list[dict]:
             "loop_s": mean("loop_s"), "total_s": total, "ratio": total / reference, "peak_mib": max(r["peak_mib"] for r in items),
             "psnr_round_trip": mean("psnr_round_trip"), "psnr_input": mean("psnr_input"),
             "success": None if mean("success") is None else 100 * mean("success"),
+            "others_lost": None if mean("others_lost") is None else 100 * mean("others_lost"),
+            "fill_psnr": mean("fill_psnr"),
         })  # fmt: skip
     return rows
 
@@ -143,17 +148,20 @@ def format_rows(rows: list[dict]) -> list[str]:
     def f(value, spec):
         return "-" if value is None else (f"{value:{spec}}" if np.isfinite(value) else "inf")
 
+    def percent(value):
+        return "-" if value is None else f"{value:.0f}%"
+
     lines = [
         "| method | n | UNet rows fwd (min) | bwd (min) | inversion s | loop s | total s | x null-text | peak MiB "
-        "| rec. PSNR vs VAE round trip | vs input | success |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rec. PSNR vs VAE round trip | vs input | success | other lost | fill PSNR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['n']} | {r['forward']:.0f} ({r['min_forward']:.0f}) | {r['backward']:.0f} "
             f"({r['min_backward']:.0f}) | {r['inversion_s']:.2f} | {r['loop_s']:.2f} | {r['total_s']:.2f} "
             f"| {r['ratio']:.2f} | {r['peak_mib']:.0f} | {f(r['psnr_round_trip'], '.1f')} | {f(r['psnr_input'], '.1f')} "
-            f"| {'-' if r['success'] is None else format(r['success'], '.0f') + '%'} |"
+            f"| {percent(r.get('success'))} | {percent(r.get('others_lost'))} | {f(r.get('fill_psnr'), '.2f')} |"
         )
     return lines
 
@@ -176,10 +184,11 @@ def embedded_section(args, size: int) -> dict:
     if size == 64:
         def success_of(n, result):
             _, scene, index = scenes[n]
-            return bool(score(result, scene, index, finds)["success"])
+            return score(result, scene, index, finds)
 
     # Scene by scene, each scene's measurements appended to a checkpoint: a rerun resumes, and ``--shard i/n``
     # processes share the scenes (the report is written by a run without --shard once all are done)
+    Path(args.results).mkdir(parents=True, exist_ok=True)
     checkpoint = Path(args.results) / f"speed_embedded{size}_scenes.jsonl"
     done = {}
     if checkpoint.is_file():
@@ -299,7 +308,9 @@ def make_report(sections: dict, command: str) -> str:
         "these settings (`minimum_rows`). Seconds are means per image; peak MiB is the largest resident-set growth of "
         "one inversion or loop. Reconstruction PSNR: attention guidance off, whole image, against the autoencoder's "
         "round trip of the input and against the input itself (the round trip's own PSNR bounds the latter). "
-        "Success: `benchmarks/removal.py`'s definition (target gone, every other object kept, same detector).",
+        "Success, other lost, fill PSNR: `benchmarks/removal.py`'s definitions (target gone and every other object "
+        "kept, same detector; a neighbour no longer found; PSNR inside the target's region against the scene "
+        "without it).",
     ]
     for name in SECTIONS:
         if name not in sections:
