@@ -18,10 +18,18 @@ def test_loads_through_custom_pipeline_file(sd_folder, pipe):
     )
     assert type(pipeline).__name__ == "MagicRemoverPipeline"
     direct = MagicRemoverPipeline.from_pretrained(sd_folder)
-    # both loaders give the weights the folder was saved from (`pipe` is built from the same tiny components)
+    # both loaders give the weights the folder was saved from, bit for bit (`pipe` is built from the same tiny
+    # components) ...
+    for loaded in (pipeline, direct):
+        for name in ("unet", "vae", "text_encoder"):
+            mine, theirs = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+            assert mine.keys() == theirs.keys()
+            assert all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    # ... and the same removal; not bit for bit: weights memory-mapped from safetensors are not 64-byte aligned, and on
+    # some CPUs (AMD EPYC here) oneDNN then takes kernels that round differently (measured: 3.6e-5 at most)
     expected = quick_removal(pipe)
-    torch.testing.assert_close(quick_removal(pipeline), expected, rtol=0, atol=0)
-    torch.testing.assert_close(quick_removal(direct), expected, rtol=0, atol=0)
+    torch.testing.assert_close(quick_removal(pipeline), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(quick_removal(direct), expected, rtol=0, atol=1e-4)
 
 
 def test_pipeline_file_defines_exactly_one_pipeline_and_imports_siblings_relatively():
@@ -37,7 +45,7 @@ def test_pipeline_file_defines_exactly_one_pipeline_and_imports_siblings_relativ
     # every sibling it imports travels with it (custom_pipeline, save_pretrained, the Hub repo)
     assert {n.module for n in imports if isinstance(n, ast.ImportFrom) and n.level == 1} == {
         name.removesuffix(".py") for name in SIBLING_MODULES
-    } == {"attention_processors", "images", "inversion"}
+    } == {"attention_processors", "content_initialization", "images", "inversion"}
     pipelines = [c for c in tree.body if isinstance(c, ast.ClassDef) and any(
         getattr(b, "id", None) == "DiffusionPipeline" for b in c.bases)]  # fmt: skip
     assert [c.name for c in pipelines] == ["MagicRemoverPipeline"]
