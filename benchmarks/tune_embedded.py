@@ -2,7 +2,7 @@
 
     python benchmarks/tune_embedded.py --scenes 15 --steps 20
 
-Every setting runs on the same null-text inversions; the table (printed, and written to
+Every setting runs on the same inversions (one per scene and inversion method); the table (printed, and written to
 ``benchmarks/results/tuning.md``, or the file named by ``--output``) gives removal success, why it failed (target left,
 neighbour lost), fill and background PSNR per setting. The chosen setting is
 written by hand to the model folder's ``magic_remover_defaults.json`` (read by ``from_pretrained``: the defaults of
@@ -66,7 +66,10 @@ def main(argv=None):
     parser.add_argument("--refocus", default="0:0", type=_weight_pairs,
                         help="MagicEraser refocusing weights w_pos:w_neg, comma separated (0:0 = off)")
     parser.add_argument("--refocus-timesteps", default="700,1000", help="low,high of refocus_timesteps")
-    parser.add_argument("--inversion-method", default="null-text")
+    parser.add_argument("--inversion-method", default="null-text",
+                        help="inversion methods, comma separated (one inversion of each per scene)")
+    parser.add_argument("--content-init", default="none",
+                        help="content_initialization values, comma separated ('none' = off, 'telea')")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--output", default="tuning.md", help="file name under benchmarks/results/")
     args = parser.parse_args(argv)
@@ -88,23 +91,27 @@ def main(argv=None):
         args.keep_input,
         args.protect,
         args.refocus,
+        [None if v == "none" else v for v in args.content_init.split(",")],
+        args.inversion_method.split(","),
     ))  # fmt: skip
     refocus_timesteps = tuple(float(v) for v in args.refocus_timesteps.split(","))
     totals = {setting: {"success": 0, "target_left": 0, "others_lost": 0, "background": 0.0, "fill": 0.0}
               for setting in grid}  # fmt: skip
     started = time.perf_counter()
     for kind, scene, index in scenes:
-        inversion = pipe.invert(scene.image, scene.caption, num_inference_steps=args.steps,
-                                guidance_scale=args.guidance_scale, method=args.inversion_method)  # fmt: skip
+        inversions = {method: pipe.invert(scene.image, scene.caption, num_inference_steps=args.steps,
+                                          guidance_scale=args.guidance_scale, method=method)
+                      for method in args.inversion_method.split(",")}  # fmt: skip
         for setting in grid:
-            scale, erase_lambda, n_opt, weighting, blend, threshold, keep, protect, (w_pos, w_neg) = setting
-            result = pipe(image=scene.image, inversion=inversion, target=target_phrase(scene, index),
+            scale, erase_lambda, n_opt, weighting, blend, threshold, keep, protect, (w_pos, w_neg), fill, method = setting
+            result = pipe(image=scene.image, inversion=inversions[method], target=target_phrase(scene, index),
                           num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                           attention_guidance_scale=scale, erase_lambda=erase_lambda, optimization_steps=n_opt,
                           gradient_weighting=weighting, blend_outside_attention_mask=blend,
                           attention_mask_threshold=threshold, keep_input_outside_attention_mask=keep,
                           protect=None if protect else [], refocus_w_pos=w_pos, refocus_w_neg=w_neg,
-                          refocus_timesteps=refocus_timesteps, inversion_method=args.inversion_method).images[0]  # fmt: skip
+                          refocus_timesteps=refocus_timesteps, content_initialization=fill,
+                          inversion_method=method).images[0]  # fmt: skip
             metrics = score(result, scene, index, finds)
             for key in ("success", "target_left", "others_lost"):
                 totals[setting][key] += metrics[key]
@@ -117,20 +124,20 @@ def main(argv=None):
         "",
         f"Command: `python benchmarks/tune_embedded.py {' '.join(sys.argv[1:])}`  ",
         f"{len(scenes)} scenes from seed {args.first_seed} (outside the removal benchmark's), {args.steps} steps, "
-        f"CFG {args.guidance_scale}, one {args.inversion_method} inversion per scene shared by all settings; "
+        f"CFG {args.guidance_scale}, one inversion per scene and method shared by all settings; "
         f"refocus_timesteps {refocus_timesteps}; "
         f"{(time.perf_counter() - started) / 60:.1f} min.",
         "",
         "| attention_guidance_scale | erase_lambda | optimization_steps | gradient_weighting "
         "| blend_outside_attention_mask | attention_mask_threshold | keep_input_outside_attention_mask "
-        "| protect | refocus w_pos:w_neg "
+        "| protect | refocus w_pos:w_neg | content init | inversion "
         "| success | target left | other lost | fill PSNR (dB) | background PSNR (dB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (scale, erase_lambda, n_opt, weighting, blend, threshold, keep, protect, refocus), t in totals.items():
+    for (scale, erase_lambda, n_opt, weighting, blend, threshold, keep, protect, refocus, fill, method), t in totals.items():
         rate = {key: f"{100 * t[key] / len(scenes):.0f}%" for key in ("success", "target_left", "others_lost")}
         lines.append(f"| {scale:g} | {erase_lambda:g} | {n_opt} | {weighting} | {blend} | {threshold} | {keep} "
-                     f"| {'auto' if protect else 'off'} | {refocus[0]:g}:{refocus[1]:g} "
+                     f"| {'auto' if protect else 'off'} | {refocus[0]:g}:{refocus[1]:g} | {fill or 'off'} | {method} "
                      f"| {rate['success']} | {rate['target_left']} | {rate['others_lost']} "
                      f"| {t['fill']:.2f} | {t['background']:.2f} |")  # fmt: skip
     table = "\n".join(lines) + "\n"

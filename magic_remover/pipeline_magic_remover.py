@@ -71,6 +71,7 @@ from .attention_processors import (
     top_fraction_mask,
     word_maps,
 )
+from .content_initialization import check_content_initialization, content_shifted_latents, telea_prefill
 from .images import is_far_beyond, to_rgb, trained_size
 from .inversion import (
     INVERSION_METHODS,
@@ -416,15 +417,43 @@ def _mask_arrays(mask_image) -> list[np.ndarray]:
     return arrays
 
 
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L")
+
+
+def mask_in_unit_range(mask_image):
+    """``mask_image`` as diffusers' mask processor reads it right: integer numpy masks (uint8 0..255, uint16
+    0..65535) scaled to [0, 1], as integer numpy images are; coloured numpy (``[H, W, C]``, ``[B, H, W, C]``) and
+    tensor (``[C, H, W]``, ``[B, C, H, W]``) masks turned grey by luminance, as PIL masks are (the processor would read
+    their channels as a batch of masks). PIL masks and grey arrays are returned as they are."""
+    if isinstance(mask_image, list):
+        return [mask_in_unit_range(m) for m in mask_image]
+    if isinstance(mask_image, np.ndarray):
+        if mask_image.dtype in (np.uint8, np.uint16):
+            mask_image = mask_image.astype(np.float32) / float(np.iinfo(mask_image.dtype).max)
+        if mask_image.ndim >= 3 and mask_image.shape[-1] in (3, 4):
+            mask_image = (mask_image[..., :3].astype(np.float32) @ np.asarray(LUMINANCE, np.float32))[..., None]
+    elif isinstance(mask_image, torch.Tensor) and mask_image.ndim >= 3 and mask_image.shape[-3] in (3, 4):
+        weights = torch.tensor(LUMINANCE, dtype=mask_image.dtype, device=mask_image.device).view(3, 1, 1)
+        mask_image = (mask_image[..., :3, :, :] * weights).sum(-3, keepdim=True)
+    return mask_image
+
+
 def check_mask_values(mask_image) -> None:
     """A user mask is white (1) where removal may happen; soft values keep their weight.
 
     An all-black mask (nothing to remove) is a ``ValueError``; a coloured RGB mask is converted by luminance, as
-    ``PIL.Image.convert("L")`` does, with a logged warning. Runs before any model pass.
+    ``PIL.Image.convert("L")`` does, with a logged warning; a float array or tensor outside [0, 1] is a ``ValueError``
+    (integer numpy masks are scaled, see :func:`mask_in_unit_range`). Runs before any model pass.
     """
-    for array in _mask_arrays(mask_image):
+    masks = mask_in_unit_range(mask_image)
+    for mask, array in ((m, a) for m in (masks if isinstance(masks, list) else [masks]) for a in _mask_arrays(m)):
         if not np.isfinite(array).all():
             raise ValueError("`mask_image` holds NaN or inf values; expected values in [0, 1] (or 0..255 for PIL).")
+        if not isinstance(mask, PIL.Image.Image) and (array.min() < 0 or array.max() > 1):
+            raise ValueError(
+                f"`mask_image` as a float array or tensor must hold values in [0, 1], got {array.min():g} to "
+                f"{array.max():g}; pass uint8 numpy (0..255), a PIL image, or divide by 255."
+            )
         if array.max() <= 0:
             raise ValueError("`mask_image` is all black: nothing would be removed. Paint the target's region white.")
         if array.ndim == 3 and array.shape[-1] >= 3 and not (
@@ -1050,6 +1079,7 @@ class MagicRemoverPipeline(
         refocus_w_pos=0.0,
         refocus_w_neg=0.0,
         refocus_timesteps=(700, 1000),
+        content_initialization=None,
     ):
         self._check_common_inputs(num_inference_steps, guidance_scale, generator)
         num_train = int(self.scheduler.config.num_train_timesteps)
@@ -1147,6 +1177,7 @@ class MagicRemoverPipeline(
             if not (_is_number(weight) and weight >= 0):
                 raise ValueError(f"`{name}` (MagicEraser's refocusing weight) must be a number >= 0, got {weight!r}.")
         _check_timestep_range(refocus_timesteps, "refocus_timesteps", num_train)
+        check_content_initialization(content_initialization)
         self._check_targets_in_prompt(prompt if prompt is not None else inversion.prompt, targets, batch)
         if protect is not None:
             words = [protect] if isinstance(protect, str) else protect
@@ -1273,6 +1304,27 @@ class MagicRemoverPipeline(
         ctx.state.refocus_maps = (soft_mask, dominance)  # where the edit pass may refocus (MagicEraser)
         return epsilon, raw.flatten(1).mean(1), soft_mask
 
+    def _content_initialized_latents(self, image, inversion, latents, target_map, pixel_mask, latent_mask, threshold,
+                                     alpha_t):  # fmt: skip
+        """``latents`` (z_t of the reconstruction) moved onto the pre-filled input inside the target's region
+        (``content_initialization``): the user's mask, else the automatic region of ``target_map`` (the target's
+        soft map averaged over the reconstruction passes so far)."""
+        processing_size = tuple(inversion.processing_size)
+        z0 = inversion.latents[0].to(latents.device, torch.float32)
+        if image is not None and not self._is_latent_image(image):
+            source = self._prepare_image(image, processing_size).to(latents.device)
+        else:  # only latents or an inversion: the autoencoder's round trip of the input stands in for it
+            source = self.decode_latents_to_pixels(z0).float().clamp(-1, 1)
+        if latent_mask is not None:
+            region = latent_mask
+            pixel_region = F.interpolate(pixel_mask, size=processing_size, mode="bilinear", align_corners=False)
+        else:
+            region = automatic_mask(normalize_map(target_map).clamp(0, 1), threshold).unsqueeze(1)
+            pixel_region = F.interpolate(region, size=processing_size, mode="nearest")
+        filled = telea_prefill(source, pixel_region)
+        z0_filled = self.encode_image(filled.to(self.vae.dtype))
+        return content_shifted_latents(latents, z0, z0_filled.float(), region.to(latents.dtype), alpha_t)
+
     # ------------------------------------------------------------------------------------------------------------
     # Algorithm 1
     # ------------------------------------------------------------------------------------------------------------
@@ -1305,6 +1357,7 @@ class MagicRemoverPipeline(
         refocus_w_pos: float = 0.0,
         refocus_w_neg: float = 0.0,
         refocus_timesteps: tuple[float, float] = (700, 1000),
+        content_initialization: str | None = None,
         inversion_method: str = "null-text",
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -1392,6 +1445,11 @@ class MagicRemoverPipeline(
                 off. The reconstruction branch never sees it.
             refocus_timesteps: ``(low, high)`` where refocusing runs, training-timestep units (MagicEraser: the
                 early steps, t from 1 to 0.7 of the schedule: ``(700, 1000)``).
+            content_initialization: MagicEraser's content initialisation (seed 001, its first stage; not in
+                MagicRemover): ``"telea"`` pre-fills the target's automatic region (or ``mask_image``) of the input
+                with OpenCV's Telea inpainting, and the edit branch leaves the reconstruction at the first guided
+                step from that image's latent on the trajectory's noise (``content_shifted_latents``). No extra UNet
+                pass: one VAE encode. Needs OpenCV (``pip install opencv-python-headless``). ``None`` (default): off.
             inversion_method: ``"null-text"`` (paper), ``"direct"``, ``"ddim"`` or ``"negative-prompt"``; see
                 [`~invert`].
             generator: accepted for API symmetry; the method is deterministic (DDIM with sigma = 0).
@@ -1422,7 +1480,7 @@ class MagicRemoverPipeline(
             attention_guidance_scale, guidance_timesteps, optimization_timesteps, optimization_steps, energy,
             gradient_weighting, inversion_method, generator, output_type, callback_on_step_end_tensor_inputs,
             blend_outside_attention_mask, attention_mask_threshold, keep_input_outside_attention_mask, protect,
-            refocus_w_pos, refocus_w_neg, refocus_timesteps,
+            refocus_w_pos, refocus_w_neg, refocus_timesteps, content_initialization,
         )  # fmt: skip
         protect = [protect] if isinstance(protect, str) else protect
         self._interrupt = False
@@ -1462,7 +1520,9 @@ class MagicRemoverPipeline(
 
         pixel_mask = latent_mask = None
         if mask_image is not None:
-            pixel_mask = self.mask_processor.preprocess(mask_image, height=image_size[0], width=image_size[1])
+            pixel_mask = self.mask_processor.preprocess(
+                mask_in_unit_range(mask_image), height=image_size[0], width=image_size[1]
+            )
             pixel_mask = pixel_mask.float().to(device).expand(batch, -1, -1, -1)
             latent_mask = F.interpolate(pixel_mask, size=latent_size, mode="bilinear", align_corners=False)
 
@@ -1497,6 +1557,7 @@ class MagicRemoverPipeline(
         latents = reconstruction_latents.clone()
         edit_diverged = False  # until the first guided step the edit branch equals the reconstruction exactly
         map_sum, map_count = torch.zeros(batch, *latent_size, device=device), 0
+        early_sum, early_count = torch.zeros(batch, *latent_size, device=device), 0  # maps until the first guided step
         trace_t, trace_rec, trace_edit = [], [], []
 
         try:
@@ -1512,6 +1573,14 @@ class MagicRemoverPipeline(
                     ctx.state.refocus_weights = refocus if refocused[i] else None  # edit pass only (MagicEraser)
                     if guided[i]:
                         map_sum, map_count = map_sum + soft_mask, map_count + 1
+                    if content_initialization is not None and not edit_diverged:
+                        early_sum, early_count = early_sum + soft_mask, early_count + 1
+                        if guided[i]:  # MagicEraser's content initialisation: leave from the pre-filled image
+                            latents = self._content_initialized_latents(
+                                image, inversion, latents, early_sum / early_count, pixel_mask, latent_mask,
+                                attention_mask_threshold, alpha_t,
+                            )  # fmt: skip
+                            edit_diverged = True
 
                     if guided[i]:
                         # Lines 5-6: eps_t and eps_t^guid (eq. 8/9)
@@ -1703,7 +1772,7 @@ class MagicRemoverPipeline(
 #: tests and profilers do, must not change which settings a model folder may name)
 _CALL_ARGUMENTS = frozenset(inspect.signature(MagicRemoverPipeline.__call__).parameters) - {"self"}
 
-SIBLING_MODULES = ("attention_processors.py", "images.py", "inversion.py")
+SIBLING_MODULES = ("attention_processors.py", "content_initialization.py", "images.py", "inversion.py")
 
 
 def _carries_this_code(folder: Path) -> bool:

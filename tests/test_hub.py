@@ -24,7 +24,7 @@ from magic_remover import MagicRemoverPipeline
 from magic_remover.cli import main
 from magic_remover.hub import find_model_card
 
-CODE_FILES = {"pipeline.py", "attention_processors.py", "images.py", "inversion.py", "README.md"}
+CODE_FILES = {"pipeline.py", "attention_processors.py", "content_initialization.py", "images.py", "inversion.py", "README.md"}
 SPACE_FILES = {"app.py", "ui.py", "scenes.py", "requirements.txt"}
 PACKAGE = Path(magic_remover.__file__).parent
 CLIENT_TIMEOUT_S = 240
@@ -62,7 +62,7 @@ def code_folder(tmp_path_factory):
 def test_export_writes_the_code_and_the_card(code_folder):
     assert {p.name for p in code_folder.iterdir()} == CODE_FILES | SPACE_FILES
     assert (code_folder / "pipeline.py").read_bytes() == Path(magic_remover.PIPELINE_FILE).read_bytes()
-    for name in ("attention_processors.py", "images.py", "inversion.py"):
+    for name in ("attention_processors.py", "content_initialization.py", "images.py", "inversion.py"):
         assert (code_folder / name).read_bytes() == (PACKAGE / name).read_bytes()
     assert (code_folder / "README.md").read_text() == find_model_card().read_text()
 

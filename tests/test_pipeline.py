@@ -83,6 +83,26 @@ def test_mask_keeps_the_input_outside_it(pipe, image, inversion):
     assert np.abs(result[~outside].astype(int) - source[~outside]).max() > 0
 
 
+def test_a_uint8_numpy_mask_means_what_the_same_pil_mask_means(pipe, image, inversion):
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 6:22] = 255
+    common = dict(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS, output_type="latent")
+    from_numpy = pipe(mask_image=mask, **common).images
+    torch.testing.assert_close(from_numpy, pipe(mask_image=PIL.Image.fromarray(mask), **common).images, rtol=0, atol=0)
+
+
+def test_coloured_numpy_and_tensor_masks_act_as_their_luminance_like_pil(pipe, image, inversion):
+    rgb = np.zeros((32, 32, 3), dtype=np.uint8)
+    rgb[8:24, 6:22] = (255, 128, 0)
+    grey = np.asarray(PIL.Image.fromarray(rgb).convert("L"))
+    common = dict(prompt=PROMPT, target="ball", inversion=inversion, num_inference_steps=STEPS, output_type="latent")
+    expected = pipe(mask_image=PIL.Image.fromarray(grey), **common).images
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    for mask in (rgb, rgb.astype(np.float32) / 255, tensor, tensor[None]):
+        # PIL rounds its luminance to 8 bits, the arrays keep it exact: within a level of 8 bits
+        torch.testing.assert_close(pipe(mask_image=mask, **common).images, expected, rtol=0, atol=2e-2)
+
+
 def test_mask_is_validated_before_any_model_pass(pipe, image, inversion, caplog, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the UNet ran before the mask was checked")

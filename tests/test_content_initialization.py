@@ -1,0 +1,114 @@
+"""MagicEraser's content initialisation: the edit branch leaves from the pre-filled image at the first guided step."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPT
+from tiny_components import make_test_image
+
+import magic_remover.pipeline_magic_remover as pipeline_module
+from magic_remover.content_initialization import content_shifted_latents, telea_prefill
+from magic_remover.inversion import DDIMSchedule, timesteps_in_range
+
+
+def test_shift_replaces_the_clean_latent_inside_the_region_and_keeps_the_noise():
+    torch.manual_seed(0)
+    z0, z0_filled, noise = torch.randn(3, 1, 4, 6, 6).unbind(0)
+    region = torch.zeros(1, 1, 6, 6)
+    region[..., 1:4, 2:5] = 1.0
+    alpha = 0.3
+    latents = alpha**0.5 * z0 + (1 - alpha) ** 0.5 * noise
+    shifted = content_shifted_latents(latents, z0, z0_filled, region, alpha)
+    inside = region.bool().expand_as(latents)
+    assert torch.equal(shifted[~inside], latents[~inside])  # outside: the trajectory's latent exactly
+    expected = alpha**0.5 * z0_filled + (1 - alpha) ** 0.5 * noise  # inside: the filled image on the same noise
+    torch.testing.assert_close(shifted[inside], expected[inside])
+
+
+def test_telea_fills_the_hole_from_the_background_and_touches_nothing_else():
+    pixels = torch.full((1, 3, 24, 24), -0.2)
+    pixels[:, 0] = 0.5  # a uniform background colour
+    pixels[:, :, 8:16, 8:16] = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)  # a square object
+    region = torch.zeros(1, 1, 24, 24)
+    region[..., 7:17, 7:17] = 1.0
+    filled = telea_prefill(pixels, region)
+    assert torch.equal(filled[..., region[0, 0] == 0], pixels[..., region[0, 0] == 0])
+    background = pixels[0, :, 0, 0].view(3, 1, 1)
+    # the object (1.5 away in red) is gone, the sky is back within 3 levels of 8 bits (quantisation and Telea)
+    assert (filled[0, :, 7:17, 7:17] - background).abs().max() <= 3 / 127.5
+
+
+def _run(pipe, **kwargs):
+    return pipe(image=make_test_image(), prompt=PROMPT, target="ball", inversion_method="ddim", num_inference_steps=4,
+                guidance_timesteps=(100, 700), output_type="latent", **kwargs)  # fmt: skip
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records each call of the pipeline's content shift and Telea pre-fill (arguments and result)."""
+    calls = {"shift": [], "telea": []}
+
+    def recording(name, fn):
+        def wrapper(*args):
+            result = fn(*args)
+            calls[name].append((args, result))
+            return result
+
+        return wrapper
+
+    monkeypatch.setattr(pipeline_module, "content_shifted_latents", recording("shift", content_shifted_latents))
+    monkeypatch.setattr(pipeline_module, "telea_prefill", recording("telea", telea_prefill))
+    return calls
+
+
+def test_the_edit_branch_leaves_from_the_prefilled_latent_at_the_first_guided_step(pipe, spy):
+    seen = {}
+
+    def callback(pipeline, step, timestep, tensors):
+        seen[step] = tensors["reconstruction_latents"].clone()
+        return {}
+
+    off = _run(pipe)
+    on = _run(pipe, content_initialization="telea", callback_on_step_end=callback,
+              callback_on_step_end_tensor_inputs=["latents", "reconstruction_latents"])  # fmt: skip
+    assert len(spy["shift"]) == 1 and len(spy["telea"]) == 1
+    schedule = DDIMSchedule.from_scheduler_config(pipe.scheduler.config, 4)
+    first = timesteps_in_range(schedule.timesteps, 100, 700).index(True)
+    assert first > 0
+    (latents, z0, z0_filled, region, alpha_t), shifted = spy["shift"][0]
+    assert alpha_t == schedule.alpha(schedule.timesteps[first])  # brought to the first guided timestep ...
+    assert torch.equal(latents, seen[first - 1])  # ... from the reconstruction's latent there
+    assert torch.equal(z0, off.inversion.latents[0])
+    assert region.sum() > 0 and not torch.equal(z0_filled, z0)
+    assert torch.equal(on.reconstructions, off.reconstructions)  # the reconstruction branch never sees it
+    assert not torch.equal(on.images, off.images)
+
+
+def test_with_a_mask_the_prefill_fills_the_mask(pipe, spy):
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 6:22] = 255
+    _run(pipe, content_initialization="telea", mask_image=mask)
+    (_, pixel_region), _ = spy["telea"][0]
+    assert torch.equal(pixel_region[0, 0] > 0.5, torch.from_numpy(mask > 0))
+    (_, _, _, region, _), _ = spy["shift"][0]
+    # the shift follows the mask at latent size (the tiny VAE halves it): 1 well inside, 0 well outside
+    assert region.shape[-2:] == (16, 16)
+    assert (region[0, 0, 5:11, 4:10] == 1).all() and region[0, 0, :3].sum() == 0 and region[0, 0, 13:].sum() == 0
+
+
+def test_content_initialization_adds_no_unet_pass(pipe):
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        _run(pipe)
+        without = list(calls)
+        calls.clear()
+        _run(pipe, content_initialization="telea")
+    finally:
+        hook.remove()
+    assert calls == without
+
+
+def test_an_unknown_content_initialization_is_refused_before_any_model_pass(pipe):
+    with pytest.raises(ValueError, match="`content_initialization` must be one of"):
+        _run(pipe, content_initialization="lama")
