@@ -21,6 +21,8 @@ from magic_remover.pipeline_magic_remover import protected_word_maps
         ("a red star and a blue star on a sky background", ["red star"], ["blue"]),
         ("an orange triangle, a pink square and a blue circle in a room", ["square"], ["triangle", "circle"]),
         (PROMPT, ["ball"], []),  # one object: nothing to protect, the scene after "on" never counts
+        # a phrase ending in function words protects its last content word, never "beside" or "it"
+        ("a red star and a blue circle beside it on a sky background", ["star"], ["circle"]),
     ],
 )
 def test_default_protects_the_other_objects_only(prompt, targets, expected):
@@ -74,3 +76,17 @@ def test_protect_changes_only_where_the_protected_word_dominates(pipe):
     on = quick_removal(pipe, protect=["grass"], attention_guidance_scale=50.0)
     assert on.shape == off.shape and torch.isfinite(on).all()
     assert not torch.equal(on, off)
+
+
+TWO_OBJECTS = "a red ball and a blue square on the grass"
+
+
+def test_protect_none_protects_the_prompts_other_objects(pipe):
+    """The default (``protect=None``) is the prompt's other objects, reaching the guidance: the same removal as
+    naming them, not the same as protecting nothing."""
+    assert default_protected_words(TWO_OBJECTS, ["ball"]) == ["square"]
+    automatic = quick_removal(pipe, prompt=TWO_OBJECTS, attention_guidance_scale=50.0)
+    named = quick_removal(pipe, prompt=TWO_OBJECTS, protect=["square"], attention_guidance_scale=50.0)
+    unprotected = quick_removal(pipe, prompt=TWO_OBJECTS, protect=[], attention_guidance_scale=50.0)
+    torch.testing.assert_close(automatic, named, rtol=0, atol=0)
+    assert not torch.equal(automatic, unprotected)
