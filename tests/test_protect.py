@@ -117,7 +117,7 @@ def test_the_reconstruction_map_leaves_the_protected_word_where_it_dominates(pip
     assert len(protected) == len(plain) > 0
     lowered_somewhere = False
     for (soft, dominance), (unprotected, none) in zip(protected, plain):
-        assert none is None and dominance is not None
+        assert none is None and dominance is not None  # refocusing gets the protected words' region too
         assert torch.all(soft <= unprotected + 1e-6)
         target_dominates = dominance <= unprotected
         torch.testing.assert_close(soft[target_dominates], unprotected[target_dominates])  # the target's region

@@ -6,6 +6,7 @@ from conftest import PROMPT
 from tiny_components import make_test_image
 
 from magic_remover.attention_processors import EDIT, RECONSTRUCT, RemovalAttentionState, refocusing_bias
+from magic_remover.inversion import DDIMSchedule
 
 
 def test_bias_pulls_region_queries_to_the_background_and_away_from_objects():
@@ -43,6 +44,18 @@ def test_reconstruction_is_bit_identical_with_refocusing_on_or_off(pipe):
     on = _run(pipe, refocus_w_pos=5.0, refocus_w_neg=5.0, refocus_timesteps=(0, 1000))
     assert torch.equal(on.reconstructions, off.reconstructions)
     assert not torch.equal(on.images, off.images)  # and it does act on the edit branch
+
+
+def test_refocusing_acts_only_in_refocus_timesteps(pipe):
+    timesteps = [int(t) for t in DDIMSchedule.from_scheduler_config(pipe.scheduler.config, 4).timesteps]
+    weights = dict(refocus_w_pos=5.0, refocus_w_neg=5.0)
+    off = _run(pipe)
+    no_step_inside = _run(pipe, refocus_timesteps=(timesteps[1] + 1, timesteps[0] - 1), **weights)
+    assert torch.equal(no_step_inside.images, off.images)  # weights set, but no step in the range: no refocusing
+    first_step = _run(pipe, refocus_timesteps=(timesteps[1], 1000), **weights)  # the open interval holds step 0 only
+    every_step = _run(pipe, refocus_timesteps=(0, 1000), **weights)
+    assert not torch.equal(first_step.images, off.images)
+    assert not torch.equal(first_step.images, every_step.images)
 
 
 def test_refocusing_weights_are_checked(pipe):
