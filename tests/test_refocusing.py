@@ -34,6 +34,17 @@ def test_bias_only_in_the_edit_pass_and_refocused_steps():
     assert state.refocus_bias(16, 2) is None
 
 
+def test_clear_leaves_no_refocusing_for_a_later_edit_pass():
+    """``clear`` (the call's ``finally``) drops the refocusing maps and weights: a processor that outlives the call,
+    or a state reused, never refocuses from a finished call's maps."""
+    state = RemovalAttentionState()
+    state.refocus_maps, state.refocus_weights = (torch.rand(1, 4, 4), None), (1.0, 1.0)
+    state.clear()
+    state.start_pass(EDIT)
+    assert state.refocus_maps is None and state.refocus_weights is None
+    assert state.refocus_bias(16, 2) is None
+
+
 def _run(pipe, **kwargs):
     return pipe(image=make_test_image(), prompt=PROMPT, target="ball", inversion_method="ddim", num_inference_steps=4,
                 guidance_timesteps=(100, 1000), output_type="latent", **kwargs)  # fmt: skip
