@@ -11,10 +11,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from accelerate import PartialState
 from PIL import Image
 from tiny_components import make_test_image
 
 import magic_remover
+import magic_remover.batch as batch_module
 from magic_remover.batch import Row, assign_outputs, read_jobs, read_records, repair_records
 from magic_remover.cli import CommandError, main
 from magic_remover.pipeline_magic_remover import MagicRemoverPipeline
@@ -275,6 +277,48 @@ def test_a_killed_run_resumes_with_nothing_lost_and_nothing_done_twice(tmp_path,
     assert [r["status"] for r in records_by_row(out)[int(json.loads(lines[-1])["row"])]] == ["skipped"]
 
 
+def test_a_row_is_recorded_done_only_once_its_image_is_saved(tmp_path, tiny_model, monkeypatch):
+    """A kill while the second row's image is written (after its removal) leaves no "done" record without its image;
+    the same command then finishes that row."""
+    names = images(tmp_path, 1)
+    jobs = write_csv(tmp_path / "jobs.csv", [{"image": names[0], "prompt": PROMPT, "target": t}
+                                             for t in ("ball", "grass")])  # fmt: skip
+    out = tmp_path / "out"
+    write, writes = batch_module.write_image_atomically, []
+
+    def killed_at_the_second_write(*args, **kwargs):
+        writes.append(args[1])
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "write_image_atomically", killed_at_the_second_write)
+    assert batch(jobs, out, tiny_model) == 130
+    assert len(writes) == 2
+    for record in read_records(out / "results.jsonl"):
+        if record["status"] == "done":
+            assert (out / record["output"]).is_file(), record
+    assert [r["status"] for r in records_by_row(out).get(2, [])] == []  # the row whose image was not saved
+    monkeypatch.setattr(batch_module, "write_image_atomically", write)
+    assert batch(jobs, out, tiny_model) == 0
+    assert [r[-1]["status"] for r in records_by_row(out).values()] == ["done", "done"]
+    assert (out / "img0-no-grass.png").is_file()
+
+
+def test_a_torn_results_line_is_repaired_before_the_next_record(tmp_path, tiny_model):
+    """A kill while a record was written leaves a torn last line: the next run's records start on their own line."""
+    names = images(tmp_path, 1)
+    jobs = write_csv(tmp_path / "jobs.csv", [{"image": names[0], "prompt": PROMPT, "target": "ball"}])
+    out = tmp_path / "out"
+    assert batch(jobs, out, tiny_model) == 0
+    results = out / "results.jsonl"
+    line = results.read_text()
+    results.write_text(line[: len(line) // 2])  # the only record, torn: row 1's output exists but is unrecorded
+    assert batch(jobs, out, tiny_model) == 0
+    lines = results.read_text().splitlines()
+    assert [json.loads(text)["status"] for text in lines] == ["skipped"]  # every line whole, the torn one gone
+
+
 def test_large_inputs_are_processed_at_max_size_and_returned_at_their_size(tmp_path, tiny_model):
     make_test_image((48, 40)).save(tmp_path / "wide.png")
     size = Image.open(tmp_path / "wide.png").size
@@ -366,3 +410,41 @@ def test_batch_inversion_choices_are_the_pipelines():
     from magic_remover.inversion import INVERSION_METHODS
 
     assert sorted(BATCH_INVERSION_METHODS) == sorted(INVERSION_METHODS)
+
+
+class _OneOfTwoProcesses:
+    """What accelerate's ``PartialState`` is to process ``index`` of two, with accelerate's own split: the
+    processes run one after the other here, so the test sees each one's share without a launcher."""
+
+    num_processes = 2
+    device = "cpu"
+    split_between_processes = PartialState.split_between_processes
+
+    def __init__(self, index: int):
+        self.process_index, self.is_main_process = index, index == 0
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_two_processes_share_the_rows_without_overlap_or_gap_and_keep_groups_whole(tmp_path, tiny_model, monkeypatch):
+    names = images(tmp_path, 3)
+    rows = [{"image": n, "prompt": PROMPT, "target": t} for n in names for t in ("ball", "grass")]
+    rows.append({"image": names[1], "prompt": PROMPT, "target": "red ball"})  # groups of 2, 3 and 2 rows
+    jobs = write_csv(tmp_path / "jobs.csv", rows)
+    taken = []  # (process, row numbers of one group), instead of running the group
+
+    def run_group(pipe, group, settings, outdir, results, process, done_so_far, say, prefix):
+        taken.append((process, [row.number for row in group]))
+
+    monkeypatch.setattr(batch_module, "_run_group", run_group)
+    for index in (0, 1):
+        monkeypatch.setattr(batch_module, "process_state", functools.partial(_OneOfTwoProcesses, index))
+        assert batch(jobs, tmp_path / "out", tiny_model) == 0
+    every = [number for _, numbers in taken for number in numbers]
+    assert sorted(every) == list(range(1, len(rows) + 1))  # each row once: none in both processes, none dropped
+    assert {process for process, _ in taken} == {0, 1}
+    image_of = {number: rows[number - 1]["image"] for number in every}
+    process_of = {number: process for process, numbers in taken for number in numbers}
+    for number, image in image_of.items():  # an image's rows share one process (and its one inversion)
+        assert {process_of[n] for n in image_of if image_of[n] == image} == {process_of[number]}

@@ -171,6 +171,24 @@ def test_edit_branch_backpropagates_only_the_conditional_half(pipe, direct):
     assert backward_rows and set(backward_rows) == {1}, backward_rows
 
 
+def test_edit_branch_evaluates_the_unconditional_half_without_a_graph(pipe, direct):
+    """Each guided evaluation: the conditional half in the autograd graph, the unconditional half outside it (no
+    graph kept for a half the energy never reads)."""
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda module, args: calls.append((args[0].shape[0], torch.is_grad_enabled() and args[0].requires_grad))
+    )
+    try:
+        pipe(prompt=PROMPT, target="ball", inversion=direct, num_inference_steps=STEPS, inversion_method="direct",
+             attention_guidance_scale=GUIDANCE, output_type="latent")  # fmt: skip
+    finally:
+        hook.remove()
+    with_graph = [rows for rows, graph in calls if graph]
+    halves_without_graph = [rows for rows, graph in calls if not graph and rows == 1]
+    assert with_graph and set(with_graph) == {1}, calls
+    assert len(halves_without_graph) == len(with_graph), calls
+
+
 def _grads(pipe):
     return [f"{name}.{n}" for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)
             for n, p in c.named_parameters() if p.grad is not None]  # fmt: skip

@@ -103,6 +103,44 @@ def test_coloured_numpy_and_tensor_masks_act_as_their_luminance_like_pil(pipe, i
         torch.testing.assert_close(pipe(mask_image=mask, **common).images, expected, rtol=0, atol=2e-2)
 
 
+def _masked_removal(pipe, image, mask, output_type):
+    return pipe(image=image, prompt=PROMPT, target="ball", mask_image=mask, num_inference_steps=3,
+                inversion_method="ddim", attention_guidance_scale=GUIDANCE, output_type=output_type)  # fmt: skip
+
+
+def test_a_soft_mask_value_blends_the_edit_and_the_input_in_proportion(pipe, image):
+    """Soft values keep their weight: a pixel of mask value m is m * edit + (1 - m) * input, not hardened to 0 or 1."""
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 6:22] = 255
+    mask[8:24, 22:26] = 64  # a soft edge
+    latents = _masked_removal(pipe, image, PIL.Image.fromarray(mask), "latent").images
+    result = _masked_removal(pipe, image, PIL.Image.fromarray(mask), "pt").images
+    edit, source = pipe.decode_latents_to_pixels(latents), pipe._prepare_image(image, (32, 32))
+    weight = torch.from_numpy(mask).float().div(255)
+    expected = pipe.image_processor.postprocess(weight * edit + (1 - weight) * source, output_type="pt")
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
+    soft = torch.from_numpy(mask == 64)
+    for name, hard in (("edit", edit), ("input", source)):  # neither of the two hard choices
+        hard = pipe.image_processor.postprocess(hard, output_type="pt")
+        assert (result - hard)[..., soft].abs().max() > 1e-3, name
+    # the latent blend of every step (appendix A.4) keeps the weight too: a uniform 0.25 is neither 0 nor 1
+    quarter = _masked_removal(pipe, image, PIL.Image.new("L", (32, 32), 64), "latent")
+    full = _masked_removal(pipe, image, PIL.Image.new("L", (32, 32), 255), "latent")
+    assert (quarter.images - quarter.reconstructions).abs().max() > 1e-3
+    assert (quarter.images - full.images).abs().max() > 1e-3
+
+
+def test_a_coloured_mask_acts_as_its_luminance(pipe, image):
+    mask = np.zeros((32, 32, 3), dtype=np.uint8)
+    mask[8:24, 6:22] = (255, 0, 0)  # luminance 76, red channel 255
+    mask[8:24, 22:26] = (0, 0, 255)  # luminance 29, red channel 0
+    coloured = PIL.Image.fromarray(mask)
+    result = _masked_removal(pipe, image, coloured, "latent").images
+    grey = _masked_removal(pipe, image, coloured.convert("L"), "latent").images
+    torch.testing.assert_close(result, grey, rtol=0, atol=0)
+    assert not torch.equal(result, _masked_removal(pipe, image, coloured.getchannel("R"), "latent").images)
+
+
 def test_mask_is_validated_before_any_model_pass(pipe, image, inversion, caplog, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the UNet ran before the mask was checked")

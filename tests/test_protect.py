@@ -21,6 +21,8 @@ from magic_remover.pipeline_magic_remover import protected_word_maps
         ("a red star and a blue star on a sky background", ["red star"], ["blue"]),
         ("an orange triangle, a pink square and a blue circle in a room", ["square"], ["triangle", "circle"]),
         (PROMPT, ["ball"], []),  # one object: nothing to protect, the scene after "on" never counts
+        # a phrase ending in function words protects its last content word, never "beside" or "it"
+        ("a red star and a blue circle beside it on a sky background", ["star"], ["circle"]),
     ],
 )
 def test_default_protects_the_other_objects_only(prompt, targets, expected):
@@ -74,3 +76,52 @@ def test_protect_changes_only_where_the_protected_word_dominates(pipe):
     on = quick_removal(pipe, protect=["grass"], attention_guidance_scale=50.0)
     assert on.shape == off.shape and torch.isfinite(on).all()
     assert not torch.equal(on, off)
+
+
+TWO_OBJECTS = "a red ball and a blue square on the grass"
+
+
+def test_protect_none_protects_the_prompts_other_objects(pipe):
+    """The default (``protect=None``) is the prompt's other objects, reaching the guidance: the same removal as
+    naming them, not the same as protecting nothing."""
+    assert default_protected_words(TWO_OBJECTS, ["ball"]) == ["square"]
+    automatic = quick_removal(pipe, prompt=TWO_OBJECTS, attention_guidance_scale=50.0)
+    named = quick_removal(pipe, prompt=TWO_OBJECTS, protect=["square"], attention_guidance_scale=50.0)
+    unprotected = quick_removal(pipe, prompt=TWO_OBJECTS, protect=[], attention_guidance_scale=50.0)
+    torch.testing.assert_close(automatic, named, rtol=0, atol=0)
+    assert not torch.equal(automatic, unprotected)
+
+
+def _reconstruction_maps(pipe, monkeypatch, protect):
+    """Each step's reconstruction-branch soft map of the target, and the protected words' dominance beside it."""
+    steps = []
+    original = pipe._reconstruction_epsilon
+
+    def recording(ctx, latents, step_index, timestep):
+        epsilon, attention, soft_mask = original(ctx, latents, step_index, timestep)
+        steps.append((soft_mask.clone(), ctx.state.refocus_maps[1]))
+        return epsilon, attention, soft_mask
+
+    monkeypatch.setattr(pipe, "_reconstruction_epsilon", recording)
+    quick_removal(pipe, protect=protect)
+    monkeypatch.undo()
+    return steps
+
+
+def test_the_reconstruction_map_leaves_the_protected_word_where_it_dominates(pipe, monkeypatch):
+    """The soft map the automatic region, refocusing and ``attention_maps`` come from is lowered where a protected
+    word dominates the target, as the guidance weight is (the reconstruction branch does not depend on ``protect``,
+    so the two runs see the same attention)."""
+    protected = _reconstruction_maps(pipe, monkeypatch, ["grass"])
+    plain = _reconstruction_maps(pipe, monkeypatch, [])
+    assert len(protected) == len(plain) > 0
+    lowered_somewhere = False
+    for (soft, dominance), (unprotected, none) in zip(protected, plain):
+        assert none is None and dominance is not None  # refocusing gets the protected words' region too
+        assert torch.all(soft <= unprotected + 1e-6)
+        target_dominates = dominance <= unprotected
+        torch.testing.assert_close(soft[target_dominates], unprotected[target_dominates])  # the target's region
+        dominates = (dominance > unprotected + 1e-3) & (unprotected > 1e-3)
+        assert torch.all(soft[dominates] < unprotected[dominates])  # the protected word's region: lowered
+        lowered_somewhere = lowered_somewhere or bool(dominates.any())
+    assert lowered_somewhere
