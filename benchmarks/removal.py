@@ -2,6 +2,7 @@
 
     python benchmarks/removal.py            # 100 held-out scenes (seeds from 20000), all methods
     python benchmarks/removal.py --quick    # 10 scenes
+    python benchmarks/removal.py --methods "MR text,Telea" --shard 0/2   # some methods, half of the scenes
 
 Writes ``benchmarks/results/removal.md`` (one table, the command and machine at its head) and
 ``benchmarks/results/removal.png`` (input, each method, ground truth, for a scene of each kind). Scenes come from
@@ -40,6 +41,8 @@ METHODS = [
     "MagicRemover (text only), whole image decoded",
     "MagicRemover, protect off",
     "MagicRemover + refocusing (MagicEraser)",
+    "MagicRemover + content initialisation (MagicEraser)",
+    "MagicRemover, null-text inversion (paper)",
     "MagicRemover + GT mask",
     "MagicRemover, research-code options",
     "LEDITS++ (diffusers)",
@@ -47,9 +50,10 @@ METHODS = [
     "Blended latent diffusion + GT mask",
     "OpenCV Telea + GT mask",
     "Reconstruction only",
+    "Ground truth (the scene without the target)",
 ]
-SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR + mask", "MR research", "LEDITS++",
-               "P2P x0", "Blended LD", "Telea", "reconstr."]  # fmt: skip
+SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR content init", "MR null-text", "MR + mask",
+               "MR research", "LEDITS++", "P2P x0", "Blended LD", "Telea", "reconstr.", "truth"]  # fmt: skip
 #: The refocusing row's weights (MagicEraser's w_pos, w_neg), from benchmarks/results/tuning_issue13_A.md
 REFOCUS = {"refocus_w_pos": 3.0, "refocus_w_neg": 3.0}
 #: LEDITS++'s settings, from benchmarks/results/tuning_ledits.md (tuning seeds)
@@ -125,29 +129,32 @@ def run(args) -> None:
     research = dict(energy="quantile", gradient_weighting="binary", blend_outside_attention_mask=True,
                     attention_mask_threshold=None, keep_input_outside_attention_mask=False)  # fmt: skip
 
-    ledits = ledits_pp_pipeline(pipe)
+    methods = args.methods
+    pictured = [m for m in methods if m != METHODS[13]]  # the grid shows the ground truth in its last column anyway
+    ledits = ledits_pp_pipeline(pipe) if METHODS[8] in methods else None
     scenes = select_scenes(args.scenes, args.first_seed)
     rows = defaultdict(list)  # (method, kind) -> list of metric dicts
     examples = {}  # kind -> [input, results..., truth]
+    Path(args.results).mkdir(parents=True, exist_ok=True)
     checkpoint = Path(args.results) / f"removal_checkpoint_{args.scenes}_{args.first_seed}.jsonl"
-    done = {}  # a rerun resumes: scenes already scored are read back
-    if checkpoint.is_file():
-        done = {entry["seed"]: entry for entry in map(json.loads, checkpoint.read_text().splitlines())}
-    started = time.perf_counter()
-    for n, (kind, scene, index) in enumerate(scenes):
-        if scene.seed in done:
-            for method in METHODS:
-                rows[(method, kind)].append(done[scene.seed]["metrics"][method])
-            continue
+
+    def scene_results(scene, index, wanted):
+        """Runs the ``wanted`` methods on one scene: ``(images, costs)`` by method."""
         phrase = target_phrase(scene, index)
         region = dilate(target_region(scene.objects[index]), 2)
         mask = Image.fromarray((region * 255).astype(np.uint8))
         common = dict(image=scene.image, target=phrase, num_inference_steps=steps, output_type="pil", **settings)
-        with measured(pipe) as inversion_cost:
-            inversion = pipe.invert(scene.image, scene.caption, num_inference_steps=steps, guidance_scale=guidance)
+        inversion, inversion_cost = None, None
         results, costs = {}, {}
 
         def record(method, fn, shares_inversion):
+            nonlocal inversion, inversion_cost
+            if method not in wanted:
+                return
+            if shares_inversion and inversion is None:  # one inversion per scene, the call's default method
+                with measured(pipe) as inversion_cost:
+                    inversion = pipe.invert(scene.image, scene.caption, num_inference_steps=steps,
+                                            guidance_scale=guidance)  # fmt: skip
             with measured(pipe) as cost:
                 results[method] = fn()
             if shares_inversion:
@@ -161,32 +168,56 @@ def run(args) -> None:
         record(METHODS[1], lambda: pipe(inversion=inversion, **decoded).images[0], True)
         record(METHODS[2], lambda: pipe(inversion=inversion, **common, protect=[]).images[0], True)
         record(METHODS[3], lambda: pipe(inversion=inversion, **{**common, **REFOCUS}).images[0], True)
-        record(METHODS[4], lambda: pipe(inversion=inversion, mask_image=mask, **common).images[0], True)
-        record(METHODS[5], lambda: pipe(inversion=inversion, **{**common, **research}).images[0], True)
-        record(METHODS[6], lambda: ledits_pp_remove(ledits, scene.image, scene.caption, phrase, steps,
+        record(METHODS[4], lambda: pipe(inversion=inversion, **common, content_initialization="telea").images[0], True)
+        record(METHODS[5], lambda: pipe(**common, prompt=scene.caption, inversion_method="null-text").images[0], False)
+        record(METHODS[6], lambda: pipe(inversion=inversion, mask_image=mask, **common).images[0], True)
+        record(METHODS[7], lambda: pipe(inversion=inversion, **{**common, **research}).images[0], True)
+        record(METHODS[8], lambda: ledits_pp_remove(ledits, scene.image, scene.caption, phrase, steps,
                                                     **LEDITS_SETTINGS, seed=scene.seed), False)  # fmt: skip
-        record(METHODS[7], lambda: prompt_to_prompt_reweight(pipe, inversion, phrase), True)
-        record(METHODS[8], lambda: blended_latent_diffusion(pipe, scene.image, region, caption_without(scene, index),
-                                                            steps, guidance, seed=scene.seed), False)  # fmt: skip
-        record(METHODS[9], lambda: telea_inpaint(scene.image, region), False)
+        record(METHODS[9], lambda: prompt_to_prompt_reweight(pipe, inversion, phrase), True)
+        record(METHODS[10], lambda: blended_latent_diffusion(pipe, scene.image, region, caption_without(scene, index),
+                                                             steps, guidance, seed=scene.seed), False)  # fmt: skip
+        record(METHODS[11], lambda: telea_inpaint(scene.image, region), False)
         rec_settings = {**decoded, "attention_guidance_scale": 0.0}
-        record(METHODS[10], lambda: pipe(inversion=inversion, **rec_settings).reconstructions[0], True)
+        record(METHODS[12], lambda: pipe(inversion=inversion, **rec_settings).reconstructions[0], True)
+        record(METHODS[13], lambda: scene.objects[index].without, False)  # the judge's ceiling
+        return results, costs
 
-        metrics = {method: {**score(results[method], scene, index, finds), **costs[method]} for method in METHODS}
-        for method in METHODS:
-            rows[(method, kind)].append(metrics[method])
-        with checkpoint.open("a") as handle:
-            handle.write(json.dumps({"seed": scene.seed, "metrics": metrics}) + "\n")
-        if kind not in examples:
-            examples[kind] = [scene.image] + [results[m] for m in METHODS] + [scene.objects[index].without]
-        print(f"[{n + 1}/{len(scenes)}] {kind:11s} seed {scene.seed} remove {phrase!r}: " + ", ".join(
-            f"{label} {'ok' if rows[(m, kind)][-1]['success'] else '--'}" for label, m in zip(SHORT_NAMES, METHODS)
-        ), flush=True)  # fmt: skip
+    done = {}  # a rerun resumes, and shards share the file: scenes already scored are read back
+    if checkpoint.is_file():  # a scene's later line (methods added by a later run) completes its earlier ones
+        for entry in map(json.loads, checkpoint.read_text().splitlines()):
+            done.setdefault(entry["seed"], {}).update(entry["metrics"])
+    shard, shards = args.shard
+    started = time.perf_counter()
+    for n, (kind, scene, index) in enumerate(scenes):
+        missing = [m for m in methods if m not in done.get(scene.seed, {})]
+        if missing and n % shards != shard:
+            continue
+        if missing:  # a new scene, or methods added to a finished run
+            results, costs = scene_results(scene, index, missing)
+            metrics = {m: {**score(results[m], scene, index, finds), **costs[m]} for m in missing}
+            with checkpoint.open("a") as handle:
+                handle.write(json.dumps({"seed": scene.seed, "metrics": metrics}) + "\n")
+            done.setdefault(scene.seed, {}).update(metrics)
+            if kind not in examples and not [m for m in methods if m not in results]:
+                examples[kind] = [scene.image] + [results[m] for m in pictured] + [scene.objects[index].without]
+            print(f"[{n + 1}/{len(scenes)}] {kind:11s} seed {scene.seed} remove {target_phrase(scene, index)!r}: "
+                  + ", ".join(f"{SHORT_NAMES[METHODS.index(m)]} {'ok' if metrics[m]['success'] else '--'}"
+                              for m in missing), flush=True)  # fmt: skip
+        for method in methods:
+            rows[(method, kind)].append(done[scene.seed][method])
 
-    table = make_table(rows, scenes, steps, settings, args, time.perf_counter() - started)
+    scored = sum(len(rows[(methods[0], k)]) for k in KINDS)
+    if scored < len(scenes):
+        print(f"{scored} of {len(scenes)} scenes scored; the table is written by a run once every shard has finished")
+        return
+    table = make_table(rows, methods, scenes, steps, settings, args, time.perf_counter() - started)
     write_result("removal.md", table, args.results)
-    if examples:  # a resumed run has pictures only of the scenes it ran
-        make_grid(examples).save(Path(args.results) / "removal.png")
+    for kind, scene, index in scenes:  # a resumed run re-makes the pictures of the first scene of each kind
+        if kind not in examples:
+            results, _ = scene_results(scene, index, methods)
+            examples[kind] = [scene.image] + [results[m] for m in pictured] + [scene.objects[index].without]
+    make_grid(examples, pictured).save(Path(args.results) / "removal.png")
     checkpoint.unlink()
 
 
@@ -198,7 +229,14 @@ def _mean(values):
     return sum(values) / len(values) if values else float("nan")
 
 
-def make_table(rows, scenes, steps, settings, args, elapsed) -> str:
+def make_table(rows, methods, scenes, steps, settings, args, elapsed) -> str:
+    import inspect
+
+    from magic_remover import MagicRemoverPipeline
+
+    inversion_method = settings.get(
+        "inversion_method", inspect.signature(MagicRemoverPipeline.invert).parameters["method"].default
+    )
     counts = {k: sum(1 for kind, _, _ in scenes if kind == k) for k in KINDS}
     command = "python benchmarks/removal.py " + " ".join(sys.argv[1:])
     lines = [
@@ -217,14 +255,15 @@ def make_table(rows, scenes, steps, settings, args, elapsed) -> str:
         "both). Fill PSNR: inside the "
         "target's region (object and shadow) against the scene rendered without it. Background PSNR: outside the "
         "region dilated by 3 px, against the input (inf: untouched, as the mask-based methods leave it). Image PSNR: whole image against the scene without the target. "
-        "Time and UNet passes include the null-text inversion for the methods that use it (shared in the run). "
+        "Time and UNet passes include the inversion for the methods that use it (one per scene, shared in the run, "
+        f"made with the call's default method: {inversion_method}; the null-text row makes and counts its own). "
         "Peak memory: resident-set growth during the method (CPU).",
         "",
         "| method | kind | n | success | target left | other lost | fill PSNR (dB) | background PSNR (dB) "
         "| image PSNR (dB) | s / image | UNet fwd / bwd | peak MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for method in METHODS:
+    for method in methods:
         for kind in KINDS + ["all"]:
             items = [r for k in KINDS for r in rows[(method, k)]] if kind == "all" else rows[(method, kind)]
             if not items:
@@ -241,8 +280,8 @@ def make_table(rows, scenes, steps, settings, args, elapsed) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_grid(examples: dict, scale: int = 3) -> Image.Image:
-    labels = ["input", *SHORT_NAMES, "ground truth"]
+def make_grid(examples: dict, methods: list[str], scale: int = 3) -> Image.Image:
+    labels = ["input", *(SHORT_NAMES[METHODS.index(m)] for m in methods), "ground truth"]
     tile, label_h, kind_w = 64 * scale, 14, 80
     kinds = list(examples)
     canvas = Image.new("RGB", (kind_w + len(labels) * (tile + 2), label_h + len(kinds) * (tile + 2)), "white")
@@ -257,6 +296,14 @@ def make_grid(examples: dict, scale: int = 3) -> Image.Image:
     return canvas
 
 
+def _methods(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in SHORT_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; expected some of {SHORT_NAMES}")
+    return [METHODS[SHORT_NAMES.index(name)] for name in names]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=None, help="number of scenes (default 100, --quick 10)")
@@ -265,6 +312,11 @@ def main(argv=None):
     parser.add_argument("--first-seed", type=int, default=20000, help="first held-out seed")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--results", default=str(RESULTS), help="folder for removal.md and removal.png")
+    parser.add_argument("--methods", type=_methods, default=list(METHODS),
+                        help="methods to run, by short name, comma separated: " + ", ".join(SHORT_NAMES))
+    parser.add_argument("--shard", type=lambda v: tuple(int(x) for x in v.split("/")), default=(0, 1),
+                        help="i/n: run only scenes with index %% n == i (checkpointed; a run without --shard, or the "
+                             "last shard to finish, writes the table)")
     args = parser.parse_args(argv)
     args.scenes = args.scenes or (10 if args.quick else 100)
     run(args)

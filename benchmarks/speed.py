@@ -268,7 +268,9 @@ def sd15_section(args, device="cpu", size=256, dtype=torch.float32) -> dict:
 
 
 def memory_section(args) -> dict:
-    """Resident memory over 50 removals with the embedded model's settings and direct inversion."""
+    """Resident memory over 50 removals with the embedded model's settings (its default inversion)."""
+    import inspect
+
     import psutil
 
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
@@ -277,7 +279,7 @@ def memory_section(args) -> dict:
     pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     steps, settings = removal_settings(None, args.steps)
-    settings["inversion_method"] = "direct"
+    method = settings.get("inversion_method", inspect.signature(pipe.invert).parameters["method"].default)
     _, scene, index = select_scenes(1, args.first_seed)[0]
     process, rss = psutil.Process(), []
     for _ in range(50):
@@ -286,7 +288,7 @@ def memory_section(args) -> dict:
         rss.append(process.memory_info().rss / 2**20)
     grads = [n for c in pipe.components.values() if isinstance(c, torch.nn.Module)
              for n, p in c.named_parameters() if p.grad is not None]  # fmt: skip
-    title = (f"Memory over 50 removals (embedded model, its settings, direct inversion, {steps} steps): resident set after call 5 "
+    title = (f"Memory over 50 removals (embedded model, its settings, {method} inversion, {steps} steps): resident set after call 5 "
              f"{rss[4]:.0f} MiB, after call 50 {rss[-1]:.0f} MiB (growth {rss[-1] - rss[4]:+.0f} MiB); parameters "
              f"holding a .grad afterwards: {len(grads)}")
     return {"title": title, "rows": []}
