@@ -596,7 +596,7 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     batch.add_argument("--steps", type=positive_int, default=None,
                        help="DDIM steps (default: 50, or the embedded model's)")  # fmt: skip
     batch.add_argument("--inversion-method", choices=BATCH_INVERSION_METHODS, default=None,
-                       help="how each image is inverted (default: the model's, null-text for Stable Diffusion)")
+                       help="how each image is inverted (default: the model's, else negative-prompt)")
     batch.add_argument("--save-masks", action="store_true", help="also write each target's soft map, <output>-mask.png")
     batch.add_argument("--max-size", type=positive_int, default=None,
                        help="process images whose longer side is larger scaled down to it, and write the results "
