@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from accelerate import PartialState
 from PIL import Image
@@ -376,8 +377,13 @@ def test_two_accelerate_processes_equal_one_process_image_for_image(tmp_path, ti
 
     single = sorted(p.name for p in (tmp_path / "single").glob("*.png"))
     assert len(single) == 4 and sorted(p.name for p in (tmp_path / "two").glob("*.png")) == single
-    for name in single:
-        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
+    for name in single:  # the same image for each row; not byte for byte: on some CPUs (AMD EPYC) the processes'
+        # oneDNN kernels round differently from the test process's (measured: 1 level of 8 bits, <= 0.1% of pixels),
+        # while a row done with another target or image differs in far more pixels, by far more
+        two = np.asarray(Image.open(tmp_path / "two" / name), dtype=np.int16)
+        one = np.asarray(Image.open(tmp_path / "single" / name), dtype=np.int16)
+        assert two.shape == one.shape and np.abs(two - one).max() <= 1, name
+        assert (two != one).mean() <= 0.01, name
     records = read_records(tmp_path / "two" / "results.jsonl")
     assert Counter(r["row"] for r in records) == Counter({1: 1, 2: 1, 3: 1, 4: 1})  # none twice, none skipped
     assert {r["status"] for r in records} == {"done"} and {r["process"] for r in records} == {0, 1}
