@@ -41,8 +41,8 @@ METHODS = [
     "MagicRemover (text only), whole image decoded",
     "MagicRemover, protect off",
     "MagicRemover + refocusing (MagicEraser)",
-    "MagicRemover + content initialisation (MagicEraser)",
-    "MagicRemover, null-text inversion (paper)",
+    "MagicRemover, content initialisation off",
+    "MagicRemover, null-text inversion (paper), content initialisation off",
     "MagicRemover + GT mask",
     "MagicRemover, research-code options",
     "LEDITS++ (diffusers)",
@@ -52,7 +52,7 @@ METHODS = [
     "Reconstruction only",
     "Ground truth (the scene without the target)",
 ]
-SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR content init", "MR null-text", "MR + mask",
+SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR no content init", "MR null-text no c.i.", "MR + mask",
                "MR research", "LEDITS++", "P2P x0", "Blended LD", "Telea", "reconstr.", "truth"]  # fmt: skip
 #: The refocusing row's weights (MagicEraser's w_pos, w_neg), from benchmarks/results/tuning_issue13_A.md
 REFOCUS = {"refocus_w_pos": 3.0, "refocus_w_neg": 3.0}
@@ -168,8 +168,10 @@ def run(args) -> None:
         record(METHODS[1], lambda: pipe(inversion=inversion, **decoded).images[0], True)
         record(METHODS[2], lambda: pipe(inversion=inversion, **common, protect=[]).images[0], True)
         record(METHODS[3], lambda: pipe(inversion=inversion, **{**common, **REFOCUS}).images[0], True)
-        record(METHODS[4], lambda: pipe(inversion=inversion, **common, content_initialization="telea").images[0], True)
-        record(METHODS[5], lambda: pipe(**common, prompt=scene.caption, inversion_method="null-text").images[0], False)
+        no_fill = {**common, "content_initialization": None}  # the ablation of content initialisation
+        record(METHODS[4], lambda: pipe(inversion=inversion, **no_fill).images[0], True)
+        # the paper's inversion, compared with the row above (content initialisation off in both)
+        record(METHODS[5], lambda: pipe(**no_fill, prompt=scene.caption, inversion_method="null-text").images[0], False)
         record(METHODS[6], lambda: pipe(inversion=inversion, mask_image=mask, **common).images[0], True)
         record(METHODS[7], lambda: pipe(inversion=inversion, **{**common, **research}).images[0], True)
         record(METHODS[8], lambda: ledits_pp_remove(ledits, scene.image, scene.caption, phrase, steps,

@@ -11,7 +11,9 @@ instead of having to erase the object from scratch. Here (ours, adapted to Magic
    own noise (:func:`content_shifted_latents`), so that the edit branch leaves the reconstruction there.
 
 No UNet pass is added: the maps come from reconstruction passes the loop makes anyway. The cost is one VAE encode and
-one ``cv2.inpaint`` per image. The default (off) is the removal benchmark's choice (``benchmarks/results/removal.md``).
+one ``cv2.inpaint`` per image. Off by default (no evidence on Stable Diffusion); the embedded model ships it on
+(``magic_remover_defaults.json``), chosen on the tuning scenes (``benchmarks/results/tuning_issue13_content_init.md``:
+equal success, +2.2 dB fill with negative-prompt inversion) and ablated in ``benchmarks/results/removal.md``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ def check_content_initialization(value) -> None:
             import cv2  # noqa: F401
         except ImportError as error:
             raise ImportError(
-                "`content_initialization='telea'` uses OpenCV's inpainting: `pip install opencv-python-headless` "
-                "(or `pip install magic-remover[fill]`)."
+                "`content_initialization='telea'` uses OpenCV's inpainting (a dependency of magic-remover): "
+                "`pip install opencv-python-headless`."
             ) from error
 
 

@@ -43,6 +43,7 @@ SPACE_REQUIREMENTS = (
     "safetensors>=0.4",
     "numpy>=1.24",
     "Pillow>=9.0",
+    "opencv-python-headless>=4.8",
     "gradio>=5.0,<7",
 )
 #: The checkpoint the Space loads unless its ``MAGIC_REMOVER_MODEL`` variable names another.

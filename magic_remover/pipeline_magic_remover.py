@@ -160,6 +160,10 @@ def read_removal_defaults(folder) -> dict:
     return settings
 
 
+#: ``invert``'s default, and ``__call__``'s without an ``inversion``: chosen by ``benchmarks/speed.py`` (not the paper's)
+DEFAULT_INVERSION_METHOD = "negative-prompt"
+
+
 def _with_model_defaults(renamed: dict | None = None):
     """Decorator: arguments the caller did not pass take the loaded model's tuned values (``removal_defaults``).
 
@@ -859,7 +863,7 @@ class MagicRemoverPipeline(
         prompt: str | list[str],
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
-        method: str = "negative-prompt",
+        method: str = DEFAULT_INVERSION_METHOD,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inner_steps: int = 10,
         early_stop_epsilon: float = 1e-5,
@@ -1361,7 +1365,7 @@ class MagicRemoverPipeline(
         refocus_w_neg: float = 0.0,
         refocus_timesteps: tuple[float, float] = (700, 1000),
         content_initialization: str | None = None,
-        inversion_method: str = "negative-prompt",
+        inversion_method: str | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         num_images_per_prompt: int = 1,
@@ -1452,10 +1456,10 @@ class MagicRemoverPipeline(
                 MagicRemover): ``"telea"`` pre-fills the target's automatic region (or ``mask_image``) of the input
                 with OpenCV's Telea inpainting, and the edit branch leaves the reconstruction at the first guided
                 step from that image's latent on the trajectory's noise (``content_shifted_latents``). No extra UNet
-                pass: one VAE encode. Needs OpenCV (``pip install opencv-python-headless``). ``None`` (default): off.
-            inversion_method: ``"negative-prompt"`` (default, chosen by the speed benchmark), ``"null-text"`` (the
-                paper's), ``"direct"`` or ``"ddim"``; see
-                [`~invert`].
+                pass: one VAE encode and one ``cv2.inpaint``. ``None`` (default): off; the embedded model ships it on.
+            inversion_method: ``"negative-prompt"`` (chosen by the speed benchmark), ``"null-text"`` (the paper's),
+                ``"direct"`` or ``"ddim"``; see [`~invert`]. ``None`` (default): the method of ``inversion`` when
+                one is given, else ``invert``'s default (``"negative-prompt"``).
             generator: accepted for API symmetry; the method is deterministic (DDIM with sigma = 0).
             prompt_embeds: text embeddings to use instead of encoding ``prompt``, see [`~invert`]; the prompt text
                 is still needed (``prompt``, or the ``inversion``'s) because the target is found among its tokens.
@@ -1476,6 +1480,8 @@ class MagicRemoverPipeline(
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if inversion_method is None:  # a given inversion says how it was made; else invert's default
+            inversion_method = getattr(inversion, "method", None) or DEFAULT_INVERSION_METHOD
         self._check_text_inputs(
             prompt, prompt_embeds, clip_skip, cross_attention_kwargs, num_images_per_prompt, inversion
         )

@@ -221,9 +221,9 @@ def test_keep_input_outside_the_automatic_mask(pipe, image, inversion):
 def test_same_generator_same_result_and_reused_inversion_matches_inline(pipe, image, inversion):
     kwargs = dict(prompt=PROMPT, target="ball", num_inference_steps=STEPS, attention_guidance_scale=GUIDANCE,
                   output_type="np")  # fmt: skip
-    inline = pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs)
-    again = pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs)
-    reused = pipe(image=image, inversion=inversion, **kwargs)
+    inline = pipe(image=image, generator=torch.Generator().manual_seed(0), inversion_method="null-text", **kwargs)
+    again = pipe(image=image, generator=torch.Generator().manual_seed(0), inversion_method="null-text", **kwargs)
+    reused = pipe(image=image, inversion=inversion, **kwargs)  # follows the inversion's method
     np.testing.assert_array_equal(inline.images, again.images)
     np.testing.assert_allclose(inline.images, reused.images, atol=1e-5)
     np.testing.assert_allclose(inline.attention_maps, reused.attention_maps, atol=1e-5)
