@@ -51,9 +51,10 @@ METHODS = [
     "OpenCV Telea + GT mask",
     "Reconstruction only",
     "Ground truth (the scene without the target)",
+    "Prompt-to-Prompt (attention x0), own null-text inversion",
 ]
 SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR no content init", "MR null-text no c.i.", "MR + mask",
-               "MR research", "LEDITS++", "P2P x0", "Blended LD", "Telea", "reconstr.", "truth"]  # fmt: skip
+               "MR research", "LEDITS++", "P2P x0", "Blended LD", "Telea", "reconstr.", "truth", "P2P x0 null-text"]  # fmt: skip
 #: The refocusing row's weights (MagicEraser's w_pos, w_neg), from benchmarks/results/tuning_issue13_A.md
 REFOCUS = {"refocus_w_pos": 3.0, "refocus_w_neg": 3.0}
 #: LEDITS++'s settings, from benchmarks/results/tuning_ledits.md (tuning seeds)
@@ -183,6 +184,11 @@ def run(args) -> None:
         rec_settings = {**decoded, "attention_guidance_scale": 0.0}
         record(METHODS[12], lambda: pipe(inversion=inversion, **rec_settings).reconstructions[0], True)
         record(METHODS[13], lambda: scene.objects[index].without, False)  # the judge's ceiling
+        # Prompt-to-Prompt as its authors pair it, with null-text inversion (the row above uses the shared one: with
+        # negative-prompt inversion its CFG halves are one prediction, so the re-weighting is not amplified)
+        record(METHODS[14], lambda: prompt_to_prompt_reweight(
+            pipe, pipe.invert(scene.image, scene.caption, num_inference_steps=steps, guidance_scale=guidance,
+                              method="null-text"), phrase), False)  # fmt: skip
         return results, costs
 
     done = {}  # a rerun resumes, and shards share the file: scenes already scored are read back
