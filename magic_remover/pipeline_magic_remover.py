@@ -424,13 +424,13 @@ def _mask_arrays(mask_image) -> list[np.ndarray]:
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L")
 
 
-def mask_in_unit_range(mask_image):
-    """``mask_image`` as diffusers' mask processor reads it right: integer numpy masks (uint8 0..255, uint16
+def grey_unit_mask(mask_image):
+    """``mask_image`` as grey values in [0, 1], the form diffusers' mask processor reads right: integer numpy masks (uint8 0..255, uint16
     0..65535) scaled to [0, 1], as integer numpy images are; coloured numpy (``[H, W, C]``, ``[B, H, W, C]``) and
     tensor (``[C, H, W]``, ``[B, C, H, W]``) masks turned grey by luminance, as PIL masks are (the processor would read
     their channels as a batch of masks). PIL masks and grey arrays are returned as they are."""
     if isinstance(mask_image, list):
-        return [mask_in_unit_range(m) for m in mask_image]
+        return [grey_unit_mask(m) for m in mask_image]
     if isinstance(mask_image, np.ndarray):
         if mask_image.dtype in (np.uint8, np.uint16):
             mask_image = mask_image.astype(np.float32) / float(np.iinfo(mask_image.dtype).max)
@@ -447,9 +447,9 @@ def check_mask_values(mask_image) -> None:
 
     An all-black mask (nothing to remove) is a ``ValueError``; a coloured RGB mask is converted by luminance, as
     ``PIL.Image.convert("L")`` does, with a logged warning; a float array or tensor outside [0, 1] is a ``ValueError``
-    (integer numpy masks are scaled, see :func:`mask_in_unit_range`). Runs before any model pass.
+    (integer numpy masks are scaled, see :func:`grey_unit_mask`). Runs before any model pass.
     """
-    masks = mask_in_unit_range(mask_image)
+    masks = grey_unit_mask(mask_image)
     for mask, array in ((m, a) for m in (masks if isinstance(masks, list) else [masks]) for a in _mask_arrays(m)):
         if not np.isfinite(array).all():
             raise ValueError("`mask_image` holds NaN or inf values; expected values in [0, 1] (or 0..255 for PIL).")
@@ -1531,7 +1531,7 @@ class MagicRemoverPipeline(
         pixel_mask = latent_mask = None
         if mask_image is not None:
             pixel_mask = self.mask_processor.preprocess(
-                mask_in_unit_range(mask_image), height=image_size[0], width=image_size[1]
+                grey_unit_mask(mask_image), height=image_size[0], width=image_size[1]
             )
             pixel_mask = pixel_mask.float().to(device).expand(batch, -1, -1, -1)
             latent_mask = F.interpolate(pixel_mask, size=latent_size, mode="bilinear", align_corners=False)
