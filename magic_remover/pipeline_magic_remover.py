@@ -425,10 +425,11 @@ LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L")
 
 
 def grey_unit_mask(mask_image):
-    """``mask_image`` as grey values in [0, 1], the form diffusers' mask processor reads right: integer numpy masks (uint8 0..255, uint16
-    0..65535) scaled to [0, 1], as integer numpy images are; coloured numpy (``[H, W, C]``, ``[B, H, W, C]``) and
-    tensor (``[C, H, W]``, ``[B, C, H, W]``) masks turned grey by luminance, as PIL masks are (the processor would read
-    their channels as a batch of masks). PIL masks and grey arrays are returned as they are."""
+    """``mask_image`` as grey values in [0, 1], the form diffusers' mask processor reads right: integer numpy masks
+    (uint8 0..255, uint16 0..65535) scaled to [0, 1], as integer numpy images are; coloured numpy (``[H, W, C]``,
+    ``[B, H, W, C]``) and tensor (``[C, H, W]``, ``[B, C, H, W]``) masks turned grey by luminance, as PIL masks are
+    (the processor would read their channels as a batch of masks). PIL masks and grey arrays are returned as they
+    are."""
     if isinstance(mask_image, list):
         return [grey_unit_mask(m) for m in mask_image]
     if isinstance(mask_image, np.ndarray):
