@@ -450,8 +450,10 @@ def check_mask_values(mask_image) -> None:
     ``PIL.Image.convert("L")`` does, with a logged warning; a float array or tensor outside [0, 1] is a ``ValueError``
     (integer numpy masks are scaled, see :func:`grey_unit_mask`). Runs before any model pass.
     """
-    masks = grey_unit_mask(mask_image)
-    for mask, array in ((m, a) for m in (masks if isinstance(masks, list) else [masks]) for a in _mask_arrays(m)):
+    masks = mask_image if isinstance(mask_image, list) else [mask_image]
+    # values are checked as the processor will read them (grey, in [0, 1]); colour on the mask as it was given
+    pairs = [(m, a, given) for m in masks for a, given in zip(_mask_arrays(grey_unit_mask(m)), _mask_arrays(m))]
+    for mask, array, given in pairs:
         if not np.isfinite(array).all():
             raise ValueError("`mask_image` holds NaN or inf values; expected values in [0, 1] (or 0..255 for PIL).")
         if not isinstance(mask, PIL.Image.Image) and (array.min() < 0 or array.max() > 1):
@@ -461,8 +463,8 @@ def check_mask_values(mask_image) -> None:
             )
         if array.max() <= 0:
             raise ValueError("`mask_image` is all black: nothing would be removed. Paint the target's region white.")
-        if array.ndim == 3 and array.shape[-1] >= 3 and not (
-            np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2])
+        if given.ndim == 3 and given.shape[-1] >= 3 and not (
+            np.array_equal(given[..., 0], given[..., 1]) and np.array_equal(given[..., 1], given[..., 2])
         ):
             logger.warning(
                 "`mask_image` is coloured; it is converted to grey by luminance (0.299 R + 0.587 G + 0.114 B). "

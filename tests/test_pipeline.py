@@ -91,7 +91,7 @@ def test_a_uint8_numpy_mask_means_what_the_same_pil_mask_means(pipe, image, inve
     torch.testing.assert_close(from_numpy, pipe(mask_image=PIL.Image.fromarray(mask), **common).images, rtol=0, atol=0)
 
 
-def test_coloured_numpy_and_tensor_masks_act_as_their_luminance_like_pil(pipe, image, inversion):
+def test_coloured_numpy_and_tensor_masks_act_as_their_luminance_like_pil(pipe, image, inversion, caplog):
     rgb = np.zeros((32, 32, 3), dtype=np.uint8)
     rgb[8:24, 6:22] = (255, 128, 0)
     grey = np.asarray(PIL.Image.fromarray(rgb).convert("L"))
@@ -99,8 +99,11 @@ def test_coloured_numpy_and_tensor_masks_act_as_their_luminance_like_pil(pipe, i
     expected = pipe(mask_image=PIL.Image.fromarray(grey), **common).images
     tensor = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
     for mask in (rgb, rgb.astype(np.float32) / 255, tensor, tensor[None]):
+        caplog.clear()
         # PIL rounds its luminance to 8 bits, the arrays keep it exact: within a level of 8 bits
-        torch.testing.assert_close(pipe(mask_image=mask, **common).images, expected, rtol=0, atol=2e-2)
+        with caplog.at_level("WARNING"):
+            torch.testing.assert_close(pipe(mask_image=mask, **common).images, expected, rtol=0, atol=2e-2)
+        assert "converted to grey by luminance" in caplog.text  # said, as for a coloured PIL mask
 
 
 def _masked_removal(pipe, image, mask, output_type):
