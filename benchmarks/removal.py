@@ -241,13 +241,9 @@ def _mean(values):
 
 
 def make_table(rows, methods, scenes, steps, settings, args, elapsed) -> str:
-    import inspect
+    from magic_remover.pipeline_magic_remover import DEFAULT_INVERSION_METHOD
 
-    from magic_remover import MagicRemoverPipeline
-
-    inversion_method = settings.get(
-        "inversion_method", inspect.signature(MagicRemoverPipeline.invert).parameters["method"].default
-    )
+    inversion_method = settings.get("inversion_method", DEFAULT_INVERSION_METHOD)
     counts = {k: sum(1 for kind, _, _ in scenes if kind == k) for k in KINDS}
     command = "python benchmarks/removal.py " + " ".join(sys.argv[1:])
     lines = [

@@ -269,17 +269,16 @@ def sd15_section(args, device="cpu", size=256, dtype=torch.float32) -> dict:
 
 def memory_section(args) -> dict:
     """Resident memory over 50 removals with the embedded model's settings (its default inversion)."""
-    import inspect
-
     import psutil
 
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
     from magic_remover.cli import removal_settings
+    from magic_remover.pipeline_magic_remover import DEFAULT_INVERSION_METHOD
 
     pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     steps, settings = removal_settings(None, args.steps)
-    method = settings.get("inversion_method", inspect.signature(pipe.invert).parameters["method"].default)
+    method = settings.get("inversion_method", DEFAULT_INVERSION_METHOD)
     _, scene, index = select_scenes(1, args.first_seed)[0]
     process, rss = psutil.Process(), []
     for _ in range(50):
