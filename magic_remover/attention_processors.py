@@ -400,24 +400,65 @@ def quantile_energy(attention_map: torch.Tensor, quantile: float = 0.8) -> torch
 
 
 def top_fraction_mask(attention_map: torch.Tensor, fraction: float = 0.2) -> torch.Tensor:
-    """Binary mask of the top ``fraction`` of each sample's map (the research code's gradient gate)."""
+    """Binary mask of the top ``fraction`` of each sample's map (the research code's gradient gate).
+
+    Pixels of value 0 are never in it: where ``protect_cutoff`` zeroed most of a map, its quantile is 0 and ``>=``
+    alone would select the whole image.
+    """
     flat = attention_map.flatten(1)
     threshold = torch.quantile(flat, 1.0 - fraction, dim=1, keepdim=True)
-    return (flat >= threshold).float().view_as(attention_map)
+    return ((flat >= threshold) & (flat > 0)).float().view_as(attention_map)
 
 
-def automatic_mask(attention_map: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+def automatic_mask(attention_map: torch.Tensor, threshold: float | None = None, components: int | None = None) -> torch.Tensor:
     """The mask the user never drew, from a normalised ``(B, h, w)`` map in ``[0, 1]``, as 0/1 floats.
 
     ``threshold=None``: the research code's region, the map's top 20% united with its part >= 0.25. A number: the
     part of the map >= ``threshold``, grown by one pixel of the map's grid (one latent pixel), so that the soft rim
     of the object is inside. The top-20% region is a fixed share of the image, larger than a
     small object, so it reaches the neighbours; a threshold follows the object's own size.
+    ``components``: keep only that many connected parts of it (:func:`strongest_components`); ``None``: all.
     """
     if threshold is None:
-        return (top_fraction_mask(attention_map, 0.2) + (attention_map >= 0.25).float()).clamp(0, 1)
-    region = (attention_map >= threshold).float().unsqueeze(1)
-    return F.max_pool2d(region, kernel_size=3, stride=1, padding=1)[:, 0]
+        region = (top_fraction_mask(attention_map, 0.2) + (attention_map >= 0.25).float()).clamp(0, 1)
+    else:
+        region = (attention_map >= threshold).float().unsqueeze(1)
+        region = F.max_pool2d(region, kernel_size=3, stride=1, padding=1)[:, 0]
+    return region if components is None else strongest_components(region, attention_map, components)
+
+
+def connected_components(region: torch.Tensor) -> torch.Tensor:
+    """Labels of the 8-connected parts of a 0/1 ``(B, h, w)`` mask: 0 outside it, inside it the largest flat index
+    (+1) of the part's pixels. Pure torch (batched, on the mask's device): every pixel takes the largest label of its
+    neighbours until nothing changes, at most ``h * w`` rounds."""
+    batch, height, width = region.shape
+    inside = region > 0
+    start = torch.arange(1, height * width + 1, device=region.device, dtype=torch.float32).view(1, height, width)
+    labels = torch.where(inside, start.expand(batch, -1, -1), torch.zeros((), device=region.device))
+    for _ in range(height * width):
+        grown = F.max_pool2d(labels.unsqueeze(1), kernel_size=3, stride=1, padding=1)[:, 0]
+        grown = torch.where(inside, grown, torch.zeros((), device=region.device))
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return labels.long()
+
+
+def strongest_components(region: torch.Tensor, attention_map: torch.Tensor, count: int = 1) -> torch.Tensor:
+    """The ``count`` connected parts of ``region`` that hold the most of ``attention_map``'s mass (ours).
+
+    A target word also attends, more weakly, to objects that look like its target (the same colour, the same shape);
+    such a second blob becomes a part of the automatic region apart from the target's, and removal there loses the
+    neighbour. Keeping the parts with the most attention mass drops it; a sample with ``count`` parts or fewer is
+    left as it is.
+    """
+    labels = connected_components(region)
+    mass = torch.zeros(labels.shape[0], labels[0].numel() + 1, device=region.device)
+    mass.scatter_add_(1, labels.flatten(1), attention_map.detach().float().flatten(1) * (labels.flatten(1) > 0))
+    mass[:, 0] = -1.0  # label 0 is outside the region
+    kept = mass.topk(min(count, mass.shape[1]), dim=1).indices
+    keep = (labels.flatten(1).unsqueeze(-1) == kept.unsqueeze(1)).any(-1) & (labels.flatten(1) > 0)
+    return keep.view_as(region).to(region.dtype)
 
 
 def product_map(words: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -492,16 +533,25 @@ def protected_dominance(aggregated: torch.Tensor, protect_groups) -> torch.Tenso
     return torch.stack(per_sample).detach()
 
 
-def protection_factor(target_map: torch.Tensor, dominance: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+def protection_factor(target_map: torch.Tensor, dominance: torch.Tensor | None, cutoff: float | None = None,
+                      eps: float = 1e-6) -> torch.Tensor:  # fmt: skip
     """How much of the target's normalised map to keep: ``min(1, A / D)``, with D the protected words' dominance.
 
     Where a protected object's map dominates the target's (D > A) the target's map is lowered in proportion, so the
     guidance weight, the energy's support and the automatic region all leave the neighbour; where the target
     dominates nothing changes. Detached: it reshapes where the guidance acts, not what its gradient lowers.
+
+    ``cutoff`` c (ours, ``protect_cutoff``): where ``A < c * D`` the pixel is the protected object's and the factor
+    is 0, so it leaves the target's region entirely. The soft factor alone keeps a dominated pixel at ``A^2 / D``,
+    which the automatic region (its top 20%) still takes in when the target is small and its neighbour close.
     """
     if dominance is None:
         return torch.ones_like(target_map)
-    return (target_map.detach() / (dominance + eps)).clamp(max=1.0)
+    target_map = target_map.detach()
+    factor = (target_map / (dominance + eps)).clamp(max=1.0)
+    if cutoff is not None:
+        factor = factor * (target_map >= cutoff * dominance).to(factor.dtype)
+    return factor
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -549,10 +599,7 @@ __all__ = [
     "attention_layer_names",
     "automatic_mask",
     "build_processors",
-    "default_protected_words",
-    "protected_dominance",
-    "protection_factor",
-    "refocusing_bias",
+    "connected_components",
     "default_protected_words",
     "protected_dominance",
     "protection_factor",
@@ -564,6 +611,7 @@ __all__ = [
     "quantile_energy",
     "recorded_half",
     "select_layers",
+    "strongest_components",
     "top_fraction_mask",
     "word_maps",
 ]

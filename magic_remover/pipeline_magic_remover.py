@@ -534,11 +534,12 @@ def protected_token_groups(tokenizer, prompt: str, targets: list[str], protect) 
     return groups
 
 
-def protected_word_maps(normalized_words: list[torch.Tensor], dominance) -> list[torch.Tensor]:
-    """An object's normalised word maps lowered where a protected word dominates it (ours, not in the paper)."""
+def protected_word_maps(normalized_words: list[torch.Tensor], dominance, cutoff: float | None = None) -> list[torch.Tensor]:
+    """An object's normalised word maps lowered where a protected word dominates it, and zero where it dominates by
+    more than ``1 / cutoff`` (ours, not in the paper; :func:`~attention_processors.protection_factor`)."""
     if dominance is None:
         return normalized_words
-    factor = protection_factor(product_map([a.detach() for a in normalized_words]), dominance)
+    factor = protection_factor(product_map([a.detach() for a in normalized_words]), dominance, cutoff)
     return [a * factor for a in normalized_words]
 
 
@@ -1086,10 +1087,12 @@ class MagicRemoverPipeline(
         attention_mask_threshold=None,
         keep_input_outside_attention_mask=False,
         protect=None,
+        protect_cutoff=None,
         refocus_w_pos=0.0,
         refocus_w_neg=0.0,
         refocus_timesteps=(700, 1000),
         content_initialization=None,
+        attention_mask_components=None,
     ):
         self._check_common_inputs(num_inference_steps, guidance_scale, generator)
         num_train = int(self.scheduler.config.num_train_timesteps)
@@ -1138,13 +1141,25 @@ class MagicRemoverPipeline(
             _check_finite(attention_mask_threshold, "attention_mask_threshold")
             if not 0.0 < attention_mask_threshold < 1.0:
                 raise ValueError(f"`attention_mask_threshold` must be in (0, 1), got {attention_mask_threshold}.")
-        automatic_mask_used = (blend_outside_attention_mask or keep_input_outside_attention_mask) and mask_image is None
-        if attention_mask_threshold is not None and not automatic_mask_used:
-            logger.warning(
-                "`attention_mask_threshold` only shapes the automatic mask of `blend_outside_attention_mask` and "
-                "`keep_input_outside_attention_mask`, which are off or replaced by `mask_image` in this call: it has "
-                "no effect."
+        if attention_mask_components is not None and (
+            isinstance(attention_mask_components, bool)
+            or not isinstance(attention_mask_components, int)
+            or attention_mask_components < 1
+        ):
+            raise ValueError(
+                f"`attention_mask_components` must be None or an int >= 1, got {attention_mask_components!r}."
             )
+        automatic_mask_used = mask_image is None and (
+            blend_outside_attention_mask or keep_input_outside_attention_mask or content_initialization is not None
+        )
+        for name, value in (("attention_mask_threshold", attention_mask_threshold),
+                            ("attention_mask_components", attention_mask_components)):  # fmt: skip
+            if value is not None and not automatic_mask_used:
+                logger.warning(
+                    f"`{name}` only shapes the automatic mask of `blend_outside_attention_mask`, "
+                    "`keep_input_outside_attention_mask` and `content_initialization`, which are off or replaced by "
+                    "`mask_image` in this call: it has no effect."
+                )
         if keep_input_outside_attention_mask and mask_image is None:
             if image is None:
                 raise ValueError(
@@ -1196,6 +1211,12 @@ class MagicRemoverPipeline(
             prompts = [prompt] if isinstance(prompt, str) else (prompt or (inversion.prompt if inversion else []))
             for text in prompts:  # an absent word is named now, before any model pass
                 protected_token_groups(self.tokenizer, self._prompts([text])[0], list(targets), list(words))
+        if protect_cutoff is not None:
+            if not _is_number(protect_cutoff):
+                raise TypeError(f"`protect_cutoff` must be None or a number in (0, 1], got {protect_cutoff!r}.")
+            _check_finite(protect_cutoff, "protect_cutoff")
+            if not 0.0 < protect_cutoff <= 1.0:
+                raise ValueError(f"`protect_cutoff` must be in (0, 1], got {protect_cutoff}.")
         return targets
 
     def _check_targets_in_prompt(self, prompt, targets, batch) -> None:
@@ -1274,7 +1295,8 @@ class MagicRemoverPipeline(
             if ctx.attention_guidance_scale > 0:
                 dominance = protected_dominance(aggregated, ctx.protect_groups)
                 for m, words in enumerate(objects):
-                    normalized = protected_word_maps([normalize_map(word) for word in words], dominance)
+                    normalized = protected_word_maps([normalize_map(word) for word in words], dominance,
+                                                     ctx.protect_cutoff)
                     if ctx.energy == "paper":
                         energy = sum(attention_energy(a, ctx.erase_lambda, ctx.pixel_area) for a in normalized)  # eq. 7
                     else:
@@ -1309,13 +1331,14 @@ class MagicRemoverPipeline(
         raw = sum(product_map(words) for words in objects)
         dominance = protected_dominance(aggregated, ctx.protect_groups)
         soft_mask = sum(
-            product_map(protected_word_maps([normalize_map(w) for w in words], dominance)) for words in objects
+            product_map(protected_word_maps([normalize_map(w) for w in words], dominance, ctx.protect_cutoff))
+            for words in objects
         ).clamp(0, 1)
         ctx.state.refocus_maps = (soft_mask, dominance)  # where the edit pass may refocus (MagicEraser)
         return epsilon, raw.flatten(1).mean(1), soft_mask
 
     def _content_initialized_latents(self, image, inversion, latents, target_map, pixel_mask, latent_mask, threshold,
-                                     alpha_t):  # fmt: skip
+                                     components, alpha_t):  # fmt: skip
         """``latents`` (z_t of the reconstruction) moved onto the pre-filled input inside the target's region
         (``content_initialization``): the user's mask, else the automatic region of ``target_map`` (the target's
         soft map averaged over the reconstruction passes so far)."""
@@ -1329,7 +1352,7 @@ class MagicRemoverPipeline(
             region = latent_mask
             pixel_region = F.interpolate(pixel_mask, size=processing_size, mode="bilinear", align_corners=False)
         else:
-            region = automatic_mask(normalize_map(target_map).clamp(0, 1), threshold).unsqueeze(1)
+            region = automatic_mask(normalize_map(target_map).clamp(0, 1), threshold, components).unsqueeze(1)
             pixel_region = F.interpolate(region, size=processing_size, mode="nearest")
         filled = telea_prefill(source, pixel_region)
         z0_filled = self.encode_image(filled.to(self.vae.dtype))
@@ -1362,8 +1385,10 @@ class MagicRemoverPipeline(
         gradient_weighting: str = "attention",
         blend_outside_attention_mask: bool = False,
         attention_mask_threshold: float | None = None,
+        attention_mask_components: int | None = None,
         keep_input_outside_attention_mask: bool = False,
         protect: str | list[str] | None = None,
+        protect_cutoff: float | None = None,
         refocus_w_pos: float = 0.0,
         refocus_w_neg: float = 0.0,
         refocus_timesteps: tuple[float, float] = (700, 1000),
@@ -1428,13 +1453,20 @@ class MagicRemoverPipeline(
             blend_outside_attention_mask: research-code option: after each guided step, replace the edit latent
                 outside the automatic mask (see ``attention_mask_threshold``) by the reconstruction's. Off by default:
                 the paper keeps the background through eq. 10 and the soft weighting, without a hard mask.
-            attention_mask_threshold: where the automatic mask lies (used by the two options around it, and
-                without effect, with a logged warning, when neither is on). ``None``
+            attention_mask_threshold: where the automatic mask lies (used by the two options around it and by
+                ``content_initialization``, and without effect, with a logged warning, when none is on). ``None``
                 (default): the research code's region, the map's top 20% united with its part >= 0.25. A number in
                 ``(0, 1)``: the part of the normalised map at or above it, grown by one latent pixel. The top-20% region
                 is a fixed share of the image, so around a small object it spills onto its neighbours; a threshold
                 follows the object but can leave a shadow outside (``benchmarks/results/tuning.md``: on the embedded
                 model 0.3 removes more targets cleanly, with less of the shadow filled).
+            attention_mask_components: keep only the ``k`` connected parts of the automatic mask that hold the most
+                of the target's map, per target (ours, not in the paper; ``strongest_components``). A target word
+                also attends, more weakly, to what looks like its target (same colour, same shape), and that second
+                blob is where neighbours get lost. ``None`` (default): every part, as the research code. The
+                embedded model ships 1, chosen on 40 tuning scenes
+                (``benchmarks/results/tuning_issue13_components.md``). Pass ``None`` to remove several separate
+                objects named by one word ("the birds").
             keep_input_outside_attention_mask: after decoding, take the input image's own pixels outside the automatic
                 mask (the step-averaged map, upsampled bilinearly: a soft edge one latent pixel wide). The
                 autoencoder's round trip then touches nothing outside the object's region, which matters when the
@@ -1447,6 +1479,12 @@ class MagicRemoverPipeline(
                 the target, the scene after "on"/"in"/"over"/"against" left out (``default_protected_words``:
                 "a red star and a yellow triangle on a sky background" protects "triangle" when removing "star").
                 ``[]`` turns it off. A word absent from the prompt is a ``ValueError`` naming it.
+            protect_cutoff: ``c`` in ``(0, 1]`` (ours): where the target's map is below ``c`` times the strongest
+                protected word's, the pixel is that object's and the target's map is 0 there, not merely lowered, so
+                it leaves the automatic region, the guidance weight and the energy's support entirely
+                (``protection_factor``). ``None`` (default): the soft lowering alone. The embedded model ships 0.7,
+                chosen on 40 tuning scenes (``benchmarks/results/tuning_issue13_cutoff_a.md`` and ``_b.md``); no
+                effect without protected words.
             refocus_w_pos, refocus_w_neg: MagicEraser's semantics-aware self-attention refocusing (seed 001, its
                 training-free part; not in MagicRemover): in the edit pass's self-attention, queries inside the
                 target's soft region get ``+w_pos`` added to their logits toward background keys (low target and
@@ -1493,7 +1531,8 @@ class MagicRemoverPipeline(
             attention_guidance_scale, guidance_timesteps, optimization_timesteps, optimization_steps, energy,
             gradient_weighting, inversion_method, generator, output_type, callback_on_step_end_tensor_inputs,
             blend_outside_attention_mask, attention_mask_threshold, keep_input_outside_attention_mask, protect,
-            refocus_w_pos, refocus_w_neg, refocus_timesteps, content_initialization,
+            protect_cutoff, refocus_w_pos, refocus_w_neg, refocus_timesteps, content_initialization,
+            attention_mask_components,
         )  # fmt: skip
         protect = [protect] if isinstance(protect, str) else protect
         self._interrupt = False
@@ -1546,6 +1585,7 @@ class MagicRemoverPipeline(
             prompt_embeds=inversion.prompt_embeds,
             token_groups=token_groups,
             protect_groups=protect_groups,
+            protect_cutoff=None if protect_cutoff is None else float(protect_cutoff),
             latent_size=latent_size,
             erase_lambda=float(erase_lambda),
             attention_guidance_scale=float(attention_guidance_scale),
@@ -1563,6 +1603,8 @@ class MagicRemoverPipeline(
         optimized = timesteps_in_range(timesteps, *optimization_timesteps)  # paper: t1 < t < t2
         refocused = timesteps_in_range(timesteps, *refocus_timesteps)  # MagicEraser: early steps only
         refocus = (float(refocus_w_pos), float(refocus_w_neg)) if refocus_w_pos or refocus_w_neg else None
+        # the automatic region keeps this many connected parts: attention_mask_components per target (ours)
+        region_components = None if attention_mask_components is None else attention_mask_components * len(targets)
         self._num_timesteps = len(timesteps)
 
         # Line 4 onwards: both branches start from z_T
@@ -1591,7 +1633,7 @@ class MagicRemoverPipeline(
                         if guided[i]:  # MagicEraser's content initialisation: leave from the pre-filled image
                             latents = self._content_initialized_latents(
                                 image, inversion, latents, early_sum / early_count, pixel_mask, latent_mask,
-                                attention_mask_threshold, alpha_t,
+                                attention_mask_threshold, region_components, alpha_t,
                             )  # fmt: skip
                             edit_diverged = True
 
@@ -1629,7 +1671,7 @@ class MagicRemoverPipeline(
                     if latent_mask is not None:  # appendix A.4: outside the mask, the reconstruction
                         latents = latent_mask * latents + (1 - latent_mask) * reconstruction_latents
                     elif blend_outside_attention_mask and guided[i]:
-                        auto = automatic_mask(soft_mask, attention_mask_threshold).unsqueeze(1)
+                        auto = automatic_mask(soft_mask, attention_mask_threshold, region_components).unsqueeze(1)
                         latents = auto * latents + (1 - auto) * reconstruction_latents
 
                     if not torch.isfinite(latents).all():
@@ -1677,7 +1719,7 @@ class MagicRemoverPipeline(
                 source = self._prepare_image(image, image_size).to(images.device)
                 images = pixel_mask * images + (1 - pixel_mask) * source
             elif keep_input_outside_attention_mask:  # not in Algorithm 1: only the target's region is decoded
-                region = automatic_mask(latent_map, attention_mask_threshold).unsqueeze(1)
+                region = automatic_mask(latent_map, attention_mask_threshold, region_components).unsqueeze(1)
                 region = F.interpolate(region, size=image_size, mode="bilinear", align_corners=False)
                 source = self._prepare_image(image, image_size).to(images.device)
                 images = region * images + (1 - region) * source
@@ -1826,3 +1868,4 @@ class _RemovalContext:
     gradient_weighting: str
     latent_mask: torch.Tensor | None
     protect_groups: list = field(default_factory=list)  # per sample, the protected words' token positions
+    protect_cutoff: float | None = None  # below cutoff * the protected dominance, the target's map is 0

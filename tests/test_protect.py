@@ -5,11 +5,13 @@ import torch
 from conftest import PROMPT, quick_removal
 
 from magic_remover.attention_processors import (
+    automatic_mask,
     default_protected_words,
     normalize_map,
     product_map,
     protected_dominance,
     protection_factor,
+    top_fraction_mask,
 )
 from magic_remover.pipeline_magic_remover import protected_word_maps
 
@@ -92,7 +94,7 @@ def test_protect_none_protects_the_prompts_other_objects(pipe):
     assert not torch.equal(automatic, unprotected)
 
 
-def _reconstruction_maps(pipe, monkeypatch, protect):
+def _reconstruction_maps(pipe, monkeypatch, protect, **kwargs):
     """Each step's reconstruction-branch soft map of the target, and the protected words' dominance beside it."""
     steps = []
     original = pipe._reconstruction_epsilon
@@ -103,7 +105,7 @@ def _reconstruction_maps(pipe, monkeypatch, protect):
         return epsilon, attention, soft_mask
 
     monkeypatch.setattr(pipe, "_reconstruction_epsilon", recording)
-    quick_removal(pipe, protect=protect)
+    quick_removal(pipe, protect=protect, **kwargs)
     monkeypatch.undo()
     return steps
 
@@ -125,3 +127,55 @@ def test_the_reconstruction_map_leaves_the_protected_word_where_it_dominates(pip
         assert torch.all(soft[dominates] < unprotected[dominates])  # the protected word's region: lowered
         lowered_somewhere = lowered_somewhere or bool(dominates.any())
     assert lowered_somewhere
+
+
+def test_cutoff_zeroes_the_target_only_where_a_protected_word_dominates_it_clearly():
+    target, neighbour = _two_objects()
+    dominance = normalize_map(neighbour)
+    soft = protection_factor(target, dominance)
+    cut = protection_factor(target, dominance, cutoff=0.5)
+    assert torch.all(soft[0, :, 4:6] > 0)  # the soft lowering alone keeps the spill at A / D = 0.4
+    assert torch.all(cut[0, :, 4:6] == 0)  # 0.4 < 0.5 * 1: the neighbour's pixels leave the target
+    torch.testing.assert_close(cut[0, :, :4], soft[0, :, :4])  # the target's own region: unchanged
+    # a cutoff the spill passes (0.4 >= 0.3 * 1) keeps the soft factor there
+    torch.testing.assert_close(protection_factor(target, dominance, cutoff=0.3), soft)
+    torch.testing.assert_close(protection_factor(target, None, cutoff=0.5), torch.ones_like(target))
+
+
+def test_a_mostly_zero_map_gives_a_region_of_its_nonzero_pixels_not_the_whole_image():
+    """With the cutoff most of a map may be 0; its 80% quantile is then 0, and the top 20% must not become all."""
+    attention = torch.zeros(1, 8, 8)
+    attention[0, 2:4, 2:4] = torch.tensor([[1.0, 0.6], [0.3, 0.1]])
+    region = automatic_mask(attention)
+    assert region.sum() == 4 and torch.all(region[0, 2:4, 2:4] == 1)
+    assert top_fraction_mask(torch.zeros(1, 4, 4)).sum() == 0
+
+
+def test_the_cutoff_takes_the_dominated_pixels_out_of_the_reconstruction_map(pipe, monkeypatch):
+    """``protect_cutoff`` reaches the soft map the region and ``attention_maps`` come from: exactly 0 where the
+    target's map is below c times the protected word's, the soft map elsewhere (the reconstruction branch does not
+    depend on either argument, so the three runs see the same attention)."""
+    cutoff = 0.9
+    unprotected = _reconstruction_maps(pipe, monkeypatch, [])
+    soft = _reconstruction_maps(pipe, monkeypatch, ["grass"])
+    cut = _reconstruction_maps(pipe, monkeypatch, ["grass"], protect_cutoff=cutoff)
+    assert len(unprotected) == len(soft) == len(cut) > 0
+    zeroed = 0
+    for (target, _), (lowered, dominance), (hard, _) in zip(unprotected, soft, cut):
+        dominated = target < cutoff * dominance
+        assert torch.all(hard[dominated] == 0)
+        torch.testing.assert_close(hard[~dominated], lowered[~dominated])
+        zeroed += int((dominated & (lowered > 1e-3)).sum())
+    assert zeroed > 0  # the soft lowering alone had kept some of those pixels
+
+
+def test_protect_cutoff_is_checked_before_any_model_pass(pipe, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the UNet ran before `protect_cutoff` was checked")
+
+    monkeypatch.setattr(pipe, "_unet_epsilon", no_model)
+    for bad in (0.0, 1.5, -0.2, float("nan")):
+        with pytest.raises(ValueError, match="`protect_cutoff`"):
+            quick_removal(pipe, protect=["grass"], protect_cutoff=bad)
+    with pytest.raises(TypeError, match="`protect_cutoff`"):
+        quick_removal(pipe, protect=["grass"], protect_cutoff="0.8")
