@@ -53,9 +53,12 @@ METHODS = [
     "Ground truth (the scene without the target)",
     "Prompt-to-Prompt (attention x0), own null-text inversion",
     "MagicRemover, automatic region threshold 0.3",
+    "MagicRemover, protect cutoff off (soft lowering only)",
+    "MagicRemover, every connected part of the region kept",
 ]
 SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR no content init", "MR null-text no c.i.", "MR + mask",
-               "MR research", "LEDITS++", "P2P x0", "Blended LD", "Telea", "reconstr.", "truth", "P2P x0 null-text", "MR region 0.3"]  # fmt: skip
+               "MR research", "LEDITS++", "P2P x0", "Blended LD", "Telea", "reconstr.", "truth", "P2P x0 null-text", "MR region 0.3",
+               "MR no cutoff", "MR all parts"]  # fmt: skip
 #: The refocusing row's weights (MagicEraser's w_pos, w_neg), from benchmarks/results/tuning_issue13_A.md
 REFOCUS = {"refocus_w_pos": 3.0, "refocus_w_neg": 3.0}
 #: LEDITS++'s settings, from benchmarks/results/tuning_ledits.md (tuning seeds)
@@ -192,6 +195,11 @@ def run(args) -> None:
                               method="null-text"), phrase), False)  # fmt: skip
         # a tighter automatic region (the map >= 0.3, grown by one latent pixel) than the research code's top 20%
         record(METHODS[15], lambda: pipe(inversion=inversion, **common, attention_mask_threshold=0.3).images[0], True)
+        # the ablation of protect_cutoff: protected words lower the target's map but never zero it
+        record(METHODS[16], lambda: pipe(inversion=inversion, **{**common, "protect_cutoff": None}).images[0], True)
+        # the ablation of attention_mask_components: the region keeps every connected part, as the research code's
+        record(METHODS[17], lambda: pipe(inversion=inversion, **{**common, "attention_mask_components": None}).images[0],
+               True)  # fmt: skip
         return results, costs
 
     done = {}  # a rerun resumes, and shards share the file: scenes already scored are read back

@@ -59,10 +59,14 @@ def main(argv=None):
                         help="blend_outside_attention_mask values (0/1), comma separated (research code: 1)")
     parser.add_argument("--thresholds", default="none", type=_thresholds,
                         help="attention_mask_threshold values, comma separated ('none': the research code's region)")
+    parser.add_argument("--components", default="none", type=_thresholds,
+                        help="attention_mask_components values, comma separated ('none': every connected part)")
     parser.add_argument("--keep-input", default="0", type=_flags,
                         help="keep_input_outside_attention_mask values (0/1), comma separated")
     parser.add_argument("--protect", default="0", type=_flags,
                         help="1: protect the prompt's other objects (protect=None, automatic); 0: protect=[]")
+    parser.add_argument("--protect-cutoffs", default="none", type=_thresholds,
+                        help="protect_cutoff values, comma separated ('none': the soft lowering alone)")
     parser.add_argument("--refocus", default="0:0", type=_weight_pairs,
                         help="MagicEraser refocusing weights w_pos:w_neg, comma separated (0:0 = off)")
     parser.add_argument("--refocus-timesteps", default="700,1000", help="low,high of refocus_timesteps")
@@ -88,8 +92,10 @@ def main(argv=None):
         args.weightings.split(","),
         args.blends,
         args.thresholds,
+        [None if v is None else int(v) for v in args.components],
         args.keep_input,
         args.protect,
+        args.protect_cutoffs,
         args.refocus,
         [None if v == "none" else v for v in args.content_init.split(",")],
         args.inversion_method.split(","),
@@ -97,24 +103,30 @@ def main(argv=None):
     refocus_timesteps = tuple(float(v) for v in args.refocus_timesteps.split(","))
     totals = {setting: {"success": 0, "target_left": 0, "others_lost": 0, "background": 0.0, "fill": 0.0}
               for setting in grid}  # fmt: skip
+    kinds = list(dict.fromkeys(kind for kind, _, _ in scenes))
+    by_kind = {setting: {kind: [0, 0] for kind in kinds} for setting in grid}  # successes, scenes
     started = time.perf_counter()
     for kind, scene, index in scenes:
         inversions = {method: pipe.invert(scene.image, scene.caption, num_inference_steps=args.steps,
                                           guidance_scale=args.guidance_scale, method=method)
                       for method in args.inversion_method.split(",")}  # fmt: skip
         for setting in grid:
-            scale, erase_lambda, n_opt, weighting, blend, threshold, keep, protect, (w_pos, w_neg), fill, method = setting
+            (scale, erase_lambda, n_opt, weighting, blend, threshold, components, keep, protect, cutoff, (w_pos, w_neg),
+             fill, method) = setting
             result = pipe(image=scene.image, inversion=inversions[method], target=target_phrase(scene, index),
                           num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                           attention_guidance_scale=scale, erase_lambda=erase_lambda, optimization_steps=n_opt,
                           gradient_weighting=weighting, blend_outside_attention_mask=blend,
-                          attention_mask_threshold=threshold, keep_input_outside_attention_mask=keep,
-                          protect=None if protect else [], refocus_w_pos=w_pos, refocus_w_neg=w_neg,
+                          attention_mask_threshold=threshold, attention_mask_components=components,
+                          keep_input_outside_attention_mask=keep,
+                          protect=None if protect else [], protect_cutoff=cutoff, refocus_w_pos=w_pos, refocus_w_neg=w_neg,
                           refocus_timesteps=refocus_timesteps, content_initialization=fill,
                           inversion_method=method).images[0]  # fmt: skip
             metrics = score(result, scene, index, finds)
             for key in ("success", "target_left", "others_lost"):
                 totals[setting][key] += metrics[key]
+            by_kind[setting][kind][0] += metrics["success"]
+            by_kind[setting][kind][1] += 1
             totals[setting]["background"] += metrics["background_psnr"] / len(scenes)
             totals[setting]["fill"] += metrics["fill_psnr"] / len(scenes)
         print(f"{kind} {scene.seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -129,17 +141,24 @@ def main(argv=None):
         f"{(time.perf_counter() - started) / 60:.1f} min.",
         "",
         "| attention_guidance_scale | erase_lambda | optimization_steps | gradient_weighting "
-        "| blend_outside_attention_mask | attention_mask_threshold | keep_input_outside_attention_mask "
-        "| protect | refocus w_pos:w_neg | content init | inversion "
-        "| success | target left | other lost | fill PSNR (dB) | background PSNR (dB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| blend_outside_attention_mask | attention_mask_threshold | attention_mask_components "
+        "| keep_input_outside_attention_mask "
+        "| protect | protect cutoff | refocus w_pos:w_neg | content init | inversion "
+        "| success | target left | other lost | fill PSNR (dB) | background PSNR (dB) "
+        f"| success by kind ({', '.join(kinds)}) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- |",
     ]
-    for (scale, erase_lambda, n_opt, weighting, blend, threshold, keep, protect, refocus, fill, method), t in totals.items():
+    for setting, t in totals.items():
+        (scale, erase_lambda, n_opt, weighting, blend, threshold, components, keep, protect, cutoff, refocus, fill,
+         method) = setting
         rate = {key: f"{100 * t[key] / len(scenes):.0f}%" for key in ("success", "target_left", "others_lost")}
-        lines.append(f"| {scale:g} | {erase_lambda:g} | {n_opt} | {weighting} | {blend} | {threshold} | {keep} "
-                     f"| {'auto' if protect else 'off'} | {refocus[0]:g}:{refocus[1]:g} | {fill or 'off'} | {method} "
+        lines.append(f"| {scale:g} | {erase_lambda:g} | {n_opt} | {weighting} | {blend} | {threshold} | {components} "
+                     f"| {keep} "
+                     f"| {'auto' if protect else 'off'} | {cutoff} | {refocus[0]:g}:{refocus[1]:g} | {fill or 'off'} | {method} "
                      f"| {rate['success']} | {rate['target_left']} | {rate['others_lost']} "
-                     f"| {t['fill']:.2f} | {t['background']:.2f} |")  # fmt: skip
+                     f"| {t['fill']:.2f} | {t['background']:.2f} "
+                     f"| {' / '.join(f'{100 * k / n:.0f}' for k, n in by_kind[setting].values())} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
     write_result(args.output, table)
 
