@@ -168,7 +168,8 @@ def _with_model_defaults(renamed: dict | None = None):
     """Decorator: arguments the caller did not pass take the loaded model's tuned values (``removal_defaults``).
 
     An explicit argument always wins; ``renamed`` maps a settings key to this method's own name for it (``invert``
-    calls the inversion method ``method``).
+    calls the inversion method ``method``). During the call ``self._defaults_filled`` names the arguments filled in,
+    so a warning meant for a user's own argument ("it has no effect here") is not raised for a model's setting.
     """
     renamed = renamed or {}
 
@@ -178,13 +179,20 @@ def _with_model_defaults(renamed: dict | None = None):
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             defaults = getattr(self, "_removal_defaults", None)
+            filled = []
             if defaults:
                 passed = signature.bind_partial(self, *args, **kwargs).arguments
                 for key, value in defaults.items():
                     name = renamed.get(key, key)
                     if name in signature.parameters and name not in passed:
                         kwargs[name] = value
-            return method(self, *args, **kwargs)
+                        filled.append(name)
+            previous = getattr(self, "_defaults_filled", frozenset())
+            self._defaults_filled = frozenset(filled)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._defaults_filled = previous
 
         return wrapper
 
@@ -1154,7 +1162,7 @@ class MagicRemoverPipeline(
         )
         for name, value in (("attention_mask_threshold", attention_mask_threshold),
                             ("attention_mask_components", attention_mask_components)):  # fmt: skip
-            if value is not None and not automatic_mask_used:
+            if value is not None and not automatic_mask_used and name not in getattr(self, "_defaults_filled", ()):
                 logger.warning(
                     f"`{name}` only shapes the automatic mask of `blend_outside_attention_mask`, "
                     "`keep_input_outside_attention_mask` and `content_initialization`, which are off or replaced by "

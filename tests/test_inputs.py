@@ -116,3 +116,22 @@ def test_a_threshold_without_an_automatic_mask_is_flagged(pipe, inversion, caplo
     with caplog.at_level("WARNING"):
         pipe(inversion=inversion, attention_mask_threshold=0.4, blend_outside_attention_mask=True, **GOOD)
     assert "`attention_mask_threshold`" not in caplog.text
+
+
+def test_a_models_region_setting_is_not_flagged_only_the_users_own(pipe, inversion, caplog):
+    """A model that ships `attention_mask_components` must not warn on every call with a `mask_image` (the mask
+    replaces the automatic region); the same value passed by the user is flagged."""
+    mask = np.ones((32, 32), dtype=np.float32)
+    saved = pipe.removal_defaults
+    try:
+        pipe.removal_defaults = {"attention_mask_components": 1}
+        with caplog.at_level("WARNING"):
+            pipe(inversion=inversion, image=make_test_image(), mask_image=mask, **GOOD)
+        assert "`attention_mask_components`" not in caplog.text
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            pipe(inversion=inversion, image=make_test_image(), mask_image=mask, attention_mask_components=1, **GOOD)
+        assert "`attention_mask_components`" in caplog.text and "no effect" in caplog.text
+    finally:
+        pipe.removal_defaults = saved
+    assert getattr(pipe, "_defaults_filled", frozenset()) == frozenset()
