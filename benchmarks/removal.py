@@ -202,10 +202,16 @@ def run(args) -> None:
                True)  # fmt: skip
         return results, costs
 
-    done = {}  # a rerun resumes, and shards share the file: scenes already scored are read back
-    if checkpoint.is_file():  # a scene's later line (methods added by a later run) completes its earlier ones
-        for entry in map(json.loads, checkpoint.read_text().splitlines()):
-            done.setdefault(entry["seed"], {}).update(entry["metrics"])
+    def read_checkpoint() -> dict:
+        """Scenes already scored, by seed (a scene's later line, from methods added by a later run, completes its
+        earlier ones)."""
+        scored = {}
+        if checkpoint.is_file():
+            for entry in map(json.loads, checkpoint.read_text().splitlines()):
+                scored.setdefault(entry["seed"], {}).update(entry["metrics"])
+        return scored
+
+    done = read_checkpoint()  # a rerun resumes, and shards share the file
     shard, shards = args.shard
     started = time.perf_counter()
     for n, (kind, scene, index) in enumerate(scenes):
@@ -223,8 +229,14 @@ def run(args) -> None:
             print(f"[{n + 1}/{len(scenes)}] {kind:11s} seed {scene.seed} remove {target_phrase(scene, index)!r}: "
                   + ", ".join(f"{SHORT_NAMES[METHODS.index(m)]} {'ok' if metrics[m]['success'] else '--'}"
                               for m in missing), flush=True)  # fmt: skip
-        for method in methods:
-            rows[(method, kind)].append(done[scene.seed][method])
+
+    if shards > 1:  # the scenes the other shards scored meanwhile: the last shard to finish writes the table
+        for seed, metrics in read_checkpoint().items():
+            done.setdefault(seed, {}).update(metrics)
+    for kind, scene, index in scenes:
+        if all(method in done.get(scene.seed, {}) for method in methods):
+            for method in methods:
+                rows[(method, kind)].append(done[scene.seed][method])
 
     scored = sum(len(rows[(methods[0], k)]) for k in KINDS)
     if scored < len(scenes):

@@ -1225,6 +1225,8 @@ class MagicRemoverPipeline(
             _check_finite(protect_cutoff, "protect_cutoff")
             if not 0.0 < protect_cutoff <= 1.0:
                 raise ValueError(f"`protect_cutoff` must be in (0, 1], got {protect_cutoff}.")
+            if mask_image is not None and "protect_cutoff" not in getattr(self, "_defaults_filled", ()):
+                logger.warning("`protect_cutoff` shapes the automatic region, which `mask_image` replaces: it has no effect.")
         return targets
 
     def _check_targets_in_prompt(self, prompt, targets, batch) -> None:
@@ -1492,7 +1494,9 @@ class MagicRemoverPipeline(
                 it leaves the automatic region, the guidance weight and the energy's support entirely
                 (``protection_factor``). ``None`` (default): the soft lowering alone. The embedded model ships 0.7,
                 chosen on 40 tuning scenes (``benchmarks/results/tuning_issue13_cutoff_a.md`` and ``_b.md``); no
-                effect without protected words.
+                effect without protected words, nor with ``mask_image``: the user's mask already says where the
+                target is, and zeroing its map inside the mask would stop the removal there (the soft lowering
+                still applies).
             refocus_w_pos, refocus_w_neg: MagicEraser's semantics-aware self-attention refocusing (seed 001, its
                 training-free part; not in MagicRemover): in the edit pass's self-attention, queries inside the
                 target's soft region get ``+w_pos`` added to their logits toward background keys (low target and
@@ -1593,7 +1597,8 @@ class MagicRemoverPipeline(
             prompt_embeds=inversion.prompt_embeds,
             token_groups=token_groups,
             protect_groups=protect_groups,
-            protect_cutoff=None if protect_cutoff is None else float(protect_cutoff),
+            # a user's mask already says where the target is: the cutoff shapes the automatic region only
+            protect_cutoff=None if protect_cutoff is None or mask_image is not None else float(protect_cutoff),
             latent_size=latent_size,
             erase_lambda=float(erase_lambda),
             attention_guidance_scale=float(attention_guidance_scale),

@@ -179,3 +179,16 @@ def test_protect_cutoff_is_checked_before_any_model_pass(pipe, monkeypatch):
             quick_removal(pipe, protect=["grass"], protect_cutoff=bad)
     with pytest.raises(TypeError, match="`protect_cutoff`"):
         quick_removal(pipe, protect=["grass"], protect_cutoff="0.8")
+
+
+def test_with_a_mask_the_cutoff_has_no_effect_and_says_so(pipe, caplog):
+    """The user's mask says where the target is; the cutoff shapes the automatic region only."""
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, 8:24] = 1.0
+    plain = quick_removal(pipe, protect=["grass"], mask_image=mask, attention_guidance_scale=50.0)
+    with caplog.at_level("WARNING"):
+        cut = quick_removal(pipe, protect=["grass"], mask_image=mask, attention_guidance_scale=50.0, protect_cutoff=0.9)
+    torch.testing.assert_close(cut, plain, rtol=0, atol=0)
+    assert "`protect_cutoff`" in caplog.text and "no effect" in caplog.text
+    without_mask = quick_removal(pipe, protect=["grass"], attention_guidance_scale=50.0, protect_cutoff=0.9)
+    assert not torch.equal(without_mask, quick_removal(pipe, protect=["grass"], attention_guidance_scale=50.0))
