@@ -1475,8 +1475,8 @@ class MagicRemoverPipeline(
                 also attends, more weakly, to what looks like its target (same colour, same shape), and that second
                 blob is where neighbours get lost. ``None`` (default): every part, as the research code. The
                 embedded model ships 1, chosen on 40 tuning scenes
-                (``benchmarks/results/tuning_issue13_components.md``). Pass ``None`` to remove several separate
-                objects named by one word ("the birds").
+                (``benchmarks/results/tuning_issue13_components_a.md`` and ``_b.md``). Pass ``None`` to remove
+                several separate objects named by one word ("the birds"). No effect with ``mask_image``.
             keep_input_outside_attention_mask: after decoding, take the input image's own pixels outside the automatic
                 mask (the step-averaged map, upsampled bilinearly: a soft edge one latent pixel wide). The
                 autoencoder's round trip then touches nothing outside the object's region, which matters when the
