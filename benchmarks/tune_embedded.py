@@ -39,6 +39,13 @@ def _thresholds(text: str) -> list[float | None]:
         raise argparse.ArgumentTypeError(f"expected numbers or 'none' separated by commas, got {text!r}") from None
 
 
+def _counts(text: str) -> list[int | None]:
+    try:
+        return [None if v == "none" else int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers or 'none' separated by commas, got {text!r}") from None
+
+
 def _weight_pairs(text: str) -> list[tuple[float, float]]:
     try:
         return [tuple(float(w) for w in pair.split(":")) for pair in text.split(",")]
@@ -59,7 +66,7 @@ def main(argv=None):
                         help="blend_outside_attention_mask values (0/1), comma separated (research code: 1)")
     parser.add_argument("--thresholds", default="none", type=_thresholds,
                         help="attention_mask_threshold values, comma separated ('none': the research code's region)")
-    parser.add_argument("--components", default="none", type=_thresholds,
+    parser.add_argument("--components", default="none", type=_counts,
                         help="attention_mask_components values, comma separated ('none': every connected part)")
     parser.add_argument("--keep-input", default="0", type=_flags,
                         help="keep_input_outside_attention_mask values (0/1), comma separated")
@@ -92,7 +99,7 @@ def main(argv=None):
         args.weightings.split(","),
         args.blends,
         args.thresholds,
-        [None if v is None else int(v) for v in args.components],
+        args.components,
         args.keep_input,
         args.protect,
         args.protect_cutoffs,

@@ -10,9 +10,10 @@ from scipy import ndimage
 import magic_remover
 from magic_remover.scenes import make_scene
 
-#: (kind, seed): scenes outside the benchmark's and the tuning's seeds where the soft protection alone lost pixels of
-#: the neighbour (26, 51, 36 and 32 dB) and the shipped protect_cutoff and attention_mask_components keep them
+#: (kind, seed): scenes outside the benchmark's and the tuning's seeds where the shipped protect_cutoff and
+#: attention_mask_components keep the neighbour; on two of them the soft protection alone does not (the last test)
 SCENES = [("opaque", 60003), ("shadow", 60003), ("transparent", 60002), ("transparent", 60003)]
+SOFT_PROTECTION_LOSES = [("opaque", 60003), ("transparent", 60003)]
 NEIGHBOUR_PSNR_DB = 35.0
 
 
@@ -32,13 +33,25 @@ def embedded():
     return pipe
 
 
-@pytest.mark.parametrize("kind, seed", SCENES)
-def test_the_neighbours_visible_pixels_stay_as_they_were(embedded, kind, seed):
+def _neighbour_psnr(pipe, kind, seed, **kwargs) -> float:
+    """PSNR against the input over the neighbour's pixels that lie away from the target (3 px beyond its region)."""
     torch.set_num_threads(1)
     scene = make_scene(seed, size=64, num_objects=2, kind=kind)
     target, neighbour = scene.objects
     word = f"{target.color} {target.shape}" if neighbour.shape == target.shape else target.shape
-    result = embedded(image=scene.image, prompt=scene.caption, target=word).images[0]
+    result = pipe(image=scene.image, prompt=scene.caption, target=word, **kwargs).images[0]
     visible = neighbour.mask & ~ndimage.binary_dilation(target.mask | target.shadow_mask, iterations=3)
     assert visible.sum() > 40
-    assert _psnr(result, scene.image, visible) >= NEIGHBOUR_PSNR_DB
+    return _psnr(result, scene.image, visible)
+
+
+@pytest.mark.parametrize("kind, seed", SCENES)
+def test_the_neighbours_visible_pixels_stay_as_they_were(embedded, kind, seed):
+    assert _neighbour_psnr(embedded, kind, seed) >= NEIGHBOUR_PSNR_DB
+
+
+@pytest.mark.parametrize("kind, seed", SOFT_PROTECTION_LOSES)
+def test_without_the_region_settings_the_neighbour_is_damaged_there(embedded, kind, seed):
+    """What the two settings buy on those scenes: with the soft lowering alone the same bar fails."""
+    softly = _neighbour_psnr(embedded, kind, seed, protect_cutoff=None, attention_mask_components=None)
+    assert softly < NEIGHBOUR_PSNR_DB
