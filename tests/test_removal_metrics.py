@@ -83,3 +83,24 @@ def test_unet_pass_counter_counts_forward_and_backward():
     assert (counter.forward, counter.backward) == (2, 1)
     assert (counter.forward_rows, counter.backward_rows) == (3, 2)
     assert torch.autograd.grad is counter._grad  # restored on exit
+
+
+def test_failure_attention_shares_and_outcome_labels():
+    from benchmarks.failure_attention import map_shares, outcome
+    from benchmarks.metrics import target_region
+
+    scene = make_scene(7, size=64, num_objects=2, kind="opaque")
+    target = target_region(scene.objects[0])
+    neighbour = scene.objects[1].mask & ~target
+    assert neighbour.any()
+    on_target = target.astype(float)  # a map that lies exactly on the target: nothing on the neighbour
+    shares = map_shares(on_target, target, scene, 0)
+    assert shares["map_on_target"] == pytest.approx(1.0) and shares["map_on_neighbour"] == 0.0
+    assert shares["region_on_neighbour"] == 0.0
+    spilled = on_target + neighbour  # as much mass per pixel on the neighbour: its share is its pixel count's
+    shares = map_shares(spilled, target | neighbour, scene, 0)
+    assert shares["map_on_neighbour"] == pytest.approx(neighbour.sum() / (target.sum() + neighbour.sum()))
+    assert shares["region_on_neighbour"] == pytest.approx(1.0)
+    assert outcome({"success": True, "target_left": False, "others_lost": False}) == "success"
+    assert outcome({"success": False, "target_left": True, "others_lost": True}) == "target left"
+    assert outcome({"success": False, "target_left": False, "others_lost": True}) == "neighbour lost"
