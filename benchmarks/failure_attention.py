@@ -11,7 +11,8 @@ it reports, from the call's public outputs only:
 * **map on target / on neighbour**: the share of the target's soft map (``attention_maps``, the map the automatic
   region comes from) that lies on the target's true region (object and shadow), and on the other objects' visible
   pixels outside it;
-* **region on neighbour**: the share of the neighbours' visible pixels that the automatic region covers.
+* **region on neighbour**: the share of the neighbours' visible pixels that the result changed (outside the
+  automatic region the result is the input's own pixels, so this is the region it was composited with).
 
 A region can only keep a neighbour that the map leaves: if the map puts as much of its mass on the neighbour as on
 the target, no threshold, cutoff or choice of parts can separate them. Writes
@@ -139,7 +140,7 @@ def main(argv=None):
         return
     command = f"python benchmarks/failure_attention.py --scenes {args.scenes} --first-seed {args.first_seed}"
     write_result(args.output, table(rows, command + f" --shard i/{shards} (each i from 0)"))
-    checkpoint.unlink()
+    checkpoint.unlink(missing_ok=True)  # both shards may finish at once
 
 
 if __name__ == "__main__":
