@@ -187,14 +187,15 @@ def embedded_section(args, size: int) -> dict:
             return score(result, scene, index, finds)
 
     # Scene by scene, each scene's measurements appended to a checkpoint: a rerun resumes, and ``--shard i/n``
-    # processes share the scenes (the report is written by a run without --shard once all are done)
+    # processes share the scenes (the last one to finish, or a later run without --shard, writes the section)
     Path(args.results).mkdir(parents=True, exist_ok=True)
     checkpoint = Path(args.results) / f"speed_embedded{size}_scenes.jsonl"
-    done = {}
-    if checkpoint.is_file():
-        for line in checkpoint.read_text().splitlines():
-            entry = json.loads(line)
-            done[entry["scene"]] = entry["records"]
+    def read_checkpoint() -> dict:
+        if not checkpoint.is_file():
+            return {}
+        return {entry["scene"]: entry["records"] for entry in map(json.loads, checkpoint.read_text().splitlines())}
+
+    done = read_checkpoint()
     shard, shards = args.shard
     for n in range(count):
         if n in done or n % shards != shard:
@@ -205,6 +206,8 @@ def embedded_section(args, size: int) -> dict:
         with checkpoint.open("a") as f:
             f.write(json.dumps({"scene": n, "records": scene_records}, default=float) + "\n")
         done[n] = scene_records
+    if shards > 1:  # the scenes the other shards scored meanwhile: the last shard to finish writes the section
+        done = {**read_checkpoint(), **done}
     if len(done) < count and not args.partial:
         return None  # other shards still running
     finished = sorted(done)
@@ -317,7 +320,7 @@ def make_report(sections: dict, command: str) -> str:
         if name not in sections:
             continue
         section = sections[name]
-        lines += ["", f"## {name}", "", section["title"] + ".", "", f"Section command: `{section['command']}`", ""]
+        lines += ["", f"## {name}", "", section["title"] + ".", "", f"Section command: `{section['command']}`{section.get('command_note', '')}", ""]
         if section["rows"]:
             lines += format_rows(section["rows"])
     return "\n".join(lines) + "\n"
@@ -344,6 +347,7 @@ def main(argv=None):
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     store = Path(args.results) / "speed_sections.json"
     sections = json.loads(store.read_text()) if store.is_file() else {}
+    written = False
     for name in args.only or [s for s in SECTIONS if s != "gpu"]:
         started = time.perf_counter()
         if name == "embedded64":
@@ -360,17 +364,25 @@ def main(argv=None):
         else:
             section = memory_section(args)
         if section is None:
-            print(f"{name}: this shard's scenes are done; run without --shard once every shard has finished")
+            print(f"{name}: this shard's scenes are done; the last shard to finish writes the section")
             continue
         section["command"] = command
+        shard, shards = args.shard
+        if shards > 1 and name in ("embedded64", "embedded128"):  # made by every shard, side by side
+            section["command"] = command.replace(f"--shard {shard}/{shards}", f"--shard i/{shards}")
+            section["command_note"] = f" for i = 0..{shards - 1}, side by side"
         section["seconds"] = time.perf_counter() - started
         sections = json.loads(store.read_text()) if store.is_file() else {}  # other sections may have finished
         sections[name] = section
         Path(args.results).mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(sections, indent=1, default=float) + "\n")
-    if "gpu" not in sections:
+        written = True
+    if not written:  # a shard that left its sections to another: the report keeps the commands that made it
+        return
+    if "gpu" not in sections:  # the command beside it is the one that would measure it
         sections["gpu"] = {"title": "SD-1.5 architecture at 512x512, float16 on a GPU: not measured: no GPU (the "
-                                    "device tool lends none to this issue)", "rows": [], "command": command}  # fmt: skip
+                                    "device tool lends none to this issue)", "rows": [],
+                           "command": "python benchmarks/speed.py --only gpu"}  # fmt: skip
     write_result("speed.md", make_report(sections, command), args.results)
 
 
