@@ -55,10 +55,11 @@ METHODS = [
     "MagicRemover, automatic region threshold 0.3",
     "MagicRemover, protect cutoff off (soft lowering only)",
     "MagicRemover, every connected part of the region kept",
+    "MagicRemover, null-text inversion (paper)",
 ]
 SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR no content init", "MR null-text no c.i.", "MR + mask",
                "MR research", "LEDITS++", "P2P x0", "Blended LD", "Telea", "reconstr.", "truth", "P2P x0 null-text", "MR region 0.3",
-               "MR no cutoff", "MR all parts"]  # fmt: skip
+               "MR no cutoff", "MR all parts", "MR null-text"]  # fmt: skip
 #: The refocusing row's weights (MagicEraser's w_pos, w_neg), from benchmarks/results/tuning_issue13_A.md
 REFOCUS = {"refocus_w_pos": 3.0, "refocus_w_neg": 3.0}
 #: LEDITS++'s settings, from benchmarks/results/tuning_ledits.md (tuning seeds)
@@ -200,6 +201,8 @@ def run(args) -> None:
         # the ablation of attention_mask_components: the region keeps every connected part, as the research code's
         record(METHODS[17], lambda: pipe(inversion=inversion, **{**common, "attention_mask_components": None}).images[0],
                True)  # fmt: skip
+        # the paper's inversion with every shipped default (it inverts inside the call, so it shares no inversion)
+        record(METHODS[18], lambda: pipe(**common, prompt=scene.caption, inversion_method="null-text").images[0], False)
         return results, costs
 
     def read_checkpoint() -> dict:
