@@ -190,6 +190,7 @@ def embedded_section(args, size: int) -> dict:
     # processes share the scenes (the last one to finish, or a later run without --shard, writes the section)
     Path(args.results).mkdir(parents=True, exist_ok=True)
     checkpoint = Path(args.results) / f"speed_embedded{size}_scenes.jsonl"
+
     def read_checkpoint() -> dict:
         if not checkpoint.is_file():
             return {}
@@ -320,7 +321,8 @@ def make_report(sections: dict, command: str) -> str:
         if name not in sections:
             continue
         section = sections[name]
-        lines += ["", f"## {name}", "", section["title"] + ".", "", f"Section command: `{section['command']}`{section.get('command_note', '')}", ""]
+        command_line = f"Section command: `{section['command']}`{section.get('command_note', '')}"
+        lines += ["", f"## {name}", "", section["title"] + ".", "", command_line, ""]
         if section["rows"]:
             lines += format_rows(section["rows"])
     return "\n".join(lines) + "\n"
