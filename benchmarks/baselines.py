@@ -17,17 +17,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from magic_remover.attention_processors import (
-    _RemovalProcessor,
-    _finish,
-    _project,
+    RemovalProcessor,
     attention_layer_names,
+    finish_attention_output,
     installed_processors,
+    project_attention_inputs,
 )
 from magic_remover.inversion import DDIMSchedule, MagicRemoverInversion, ddim_step
-from magic_remover.pipeline_magic_remover import find_target_tokens
+from magic_remover.tokens import find_target_tokens
 
 
-class CrossAttentionReweightProcessor(_RemovalProcessor):
+class CrossAttentionReweightProcessor(RemovalProcessor):
     """Prompt-to-Prompt re-weighting: the conditional half's attention to ``tokens`` is multiplied by ``factor``."""
 
     def __init__(self, name, original, tokens: list[int], factor: float):
@@ -35,14 +35,14 @@ class CrossAttentionReweightProcessor(_RemovalProcessor):
         self.tokens, self.factor = tokens, factor
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        query, key, value, mask, residual, spatial = _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        query, key, value, mask, residual, spatial = project_attention_inputs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         half = query.shape[0] // 2
         uncond = F.scaled_dot_product_attention(query[:half], key[:half], value[:half])
         probs = (torch.matmul(query[half:].float(), key[half:].float().transpose(-1, -2)) * attn.scale).softmax(-1)
         weights = torch.ones(probs.shape[-1], device=probs.device)
         weights[self.tokens] = self.factor
         cond = torch.matmul((probs * weights).to(value.dtype), value[half:])
-        return _finish(attn, torch.cat([uncond, cond]), residual, spatial, query.dtype)
+        return finish_attention_output(attn, torch.cat([uncond, cond]), residual, spatial, query.dtype)
 
 
 def _decode(pipe, latents) -> Image.Image:

@@ -67,3 +67,19 @@ def content_shifted_latents(
     ``z_t + sqrt(a_t) * region * (z0_filled - z0)``. Outside the region the result is ``latents`` exactly.
     """
     return latents + alpha_t**0.5 * region * (z0_filled - z0).to(latents.dtype)
+
+
+class ContentInitialization:
+    """One call's content initialisation: the target's soft map averaged over the reconstruction passes made before
+    the edit branch leaves the reconstruction, for the region the first guided step pre-fills."""
+
+    def __init__(self, method: str):
+        self.method = method
+        self.map_sum, self.map_count = None, 0
+
+    def observe(self, soft_mask: torch.Tensor) -> None:
+        total = torch.zeros_like(soft_mask) if self.map_sum is None else self.map_sum
+        self.map_sum, self.map_count = total + soft_mask, self.map_count + 1
+
+    def mean_map(self) -> torch.Tensor:
+        return self.map_sum / self.map_count

@@ -10,15 +10,11 @@ import functools
 import inspect
 import json
 import math
-import numbers
 import os
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
@@ -46,53 +42,56 @@ else:  # transformers 5 warns when `CLIPImageProcessor` falls back to its PIL cl
     except ImportError:  # transformers 4: the PIL class is `CLIPImageProcessor` itself
         from transformers import CLIPImageProcessor
 
+from .attention_maps import blend, normalize_map
 from .attention_processors import (
-    CFG_BATCH,
-    CONDITIONAL,
-    EDIT,
-    PASSTHROUGH,
-    RECONSTRUCT,
-    SINGLE,
-    UNCONDITIONAL,
     RemovalAttentionState,
-    aggregate_cross_attention,
-    default_protected_words,
-    protected_dominance,
-    protection_factor,
-    attention_energy,
     attention_layer_names,
-    automatic_mask,
     build_processors,
     installed_processors,
-    normalize_map,
-    product_map,
-    quantile_energy,
     select_layers,
-    top_fraction_mask,
-    word_maps,
 )
-from .content_initialization import check_content_initialization, content_shifted_latents, telea_prefill
-from .images import is_far_beyond, to_rgb, trained_size
+from .content_initialization import ContentInitialization, content_shifted_latents, telea_prefill
+from .images import is_far_beyond, trained_size
+from .inputs import (
+    check_finite,
+    check_mask_values,
+    grey_unit_mask,
+    image_batch_and_size,
+    image_to_pixels,
+    is_number,
+    warn_if_large,
+)
 from .inversion import (
     INVERSION_METHODS,
     SCALE_FREE_METHODS,
     DDIMSchedule,
     MagicRemoverInversion,
-    classifier_free_guidance,
-    classifier_optimization_step,
     ddim_inversion,
     ddim_step,
-    direct_inversion_correction,
     null_text_optimization,
-    timesteps_in_range,
     to_epsilon,
 )
+from .pipeline_code import carries_code, relative_imports, write_code
+from .removal import (
+    RemovalBranches,
+    RemovalContext,
+    RemovalOptions,
+    cfg_epsilon,
+    constrain,
+    edit_pass,
+    guided_step,
+    plan_steps,
+    reconstruction_pass,
+)
+from .tokens import find_target_tokens, negative_prompts, protected_token_groups
+
+# Re-exported where code written before the split imports them from
+from .attention_maps import protected_word_maps  # noqa: E402,F401
+from .removal import ENERGIES, GRADIENT_WEIGHTINGS  # noqa: E402,F401
 
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-ENERGIES = ("paper", "quantile")
-GRADIENT_WEIGHTINGS = ("attention", "binary")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -208,347 +207,6 @@ def vae_latents(encoder_output) -> torch.Tensor:
     if hasattr(encoder_output, "latents"):
         return encoder_output.latents
     raise AttributeError("The VAE's encode() output has neither `latent_dist` nor `latents`.")
-
-
-def _is_number(value) -> bool:
-    """A real number (Python, numpy or a 0-d tensor's ``.item()``), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_finite(value, name: str) -> None:
-    """NaN and inf are refused up front, naming the argument (they would surface steps later as another
-    argument's ``FloatingPointError``)."""
-    if _is_number(value) and not math.isfinite(float(value)):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-
-
-def _warn_if_large(value, name: str, usual: str, limit: float) -> None:
-    """A finite but absurd magnitude runs, with a warning saying what is usual."""
-    if _is_number(value) and abs(float(value)) > limit:
-        logger.warning(f"`{name}`={value!r} is far outside the usual {usual}; expect a broken result.")
-
-
-def _negative_prompts(negative_prompt, prompt, batch: int) -> list[str]:
-    """The unconditional prompts for ``encode_prompt``: as in SD, the empty prompt unless ``negative_prompt``."""
-    if negative_prompt is None:
-        return [""] * batch
-    if prompt is not None and type(prompt) is not type(negative_prompt):
-        raise TypeError(
-            f"`negative_prompt` must be of the same type as `prompt`, got {type(negative_prompt).__name__}."
-        )
-    negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
-    if len(negatives) != batch:
-        raise ValueError(f"`negative_prompt` has {len(negatives)} entries but `prompt` has {batch}.")
-    return negatives
-
-
-def _check_timestep_range(value, name: str, num_train_timesteps: int) -> tuple[float, float]:
-    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_number(v) for v in value)):
-        raise TypeError(f"`{name}` must be a (low, high) pair of numbers in training-timestep units, got {value!r}.")
-    for bound in value:
-        _check_finite(bound, name)
-    low, high = float(value[0]), float(value[1])
-    if not (0 <= low < high <= num_train_timesteps):
-        raise ValueError(f"`{name}` must satisfy 0 <= low < high <= {num_train_timesteps}, got {value!r}.")
-    return low, high
-
-
-def _image_batch_and_size(image, name: str) -> tuple[int, tuple[int, int]]:
-    """Validates an image input and returns ``(batch, (height, width))`` without converting it."""
-    images = image if isinstance(image, list) else [image]
-    if len(images) == 0:
-        raise ValueError(f"`{name}` is an empty list.")
-    sizes = []
-    for item in images:
-        if isinstance(item, PIL.Image.Image):
-            sizes.append((item.height, item.width))
-            batch = 1
-        elif isinstance(item, np.ndarray):
-            if item.ndim not in (2, 3, 4):
-                raise ValueError(f"`{name}` as a numpy array must be HxW, HxWxC or BxHxWxC, got shape {item.shape}.")
-            batch = item.shape[0] if item.ndim == 4 else 1
-            spatial = item.shape[1:3] if item.ndim == 4 else item.shape[:2]
-            sizes.append(tuple(int(s) for s in spatial))
-        elif isinstance(item, torch.Tensor):
-            if item.ndim not in (2, 3, 4):
-                raise ValueError(f"`{name}` as a tensor must be HxW, CxHxW or BxCxHxW, got shape {tuple(item.shape)}.")
-            batch = item.shape[0] if item.ndim == 4 else 1
-            sizes.append(tuple(int(s) for s in item.shape[-2:]))
-        else:
-            raise TypeError(
-                f"`{name}` must be a PIL.Image.Image, numpy array, torch.Tensor or a list of them, got {type(item).__name__}."
-            )
-        if len(images) > 1 and batch != 1:
-            raise ValueError(f"`{name}` lists must hold single images, got a batch of {batch} inside the list.")
-    if len(set(sizes)) != 1:
-        raise ValueError(f"All images in `{name}` must have the same size, got {sorted(set(sizes))}.")
-    batch = len(images) if len(images) > 1 else batch
-    height, width = sizes[0]
-    if height < 1 or width < 1:
-        raise ValueError(f"`{name}` has an empty size {height}x{width}.")
-    return batch, (height, width)
-
-
-def _numpy_to_unit(array: np.ndarray, name: str) -> np.ndarray:
-    """A numpy image's samples as float64 in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0/1, floats as they are
-    (they must already lie in [0, 1], diffusers' convention). Out-of-range values are refused, never clipped."""
-    if array.dtype == np.bool_:
-        return array.astype(np.float64)
-    if array.dtype == np.uint8:
-        return array.astype(np.float64) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float64) / 65535.0
-    if np.issubdtype(array.dtype, np.floating):
-        values = array.astype(np.float64)
-        if not np.isfinite(values).all():
-            raise ValueError(f"`{name}` holds NaN or inf values.")
-        if values.size and (values.min() < 0 or values.max() > 1):
-            raise ValueError(
-                f"`{name}` as a float numpy array must hold values in [0, 1], got [{values.min():.4g}, "
-                f"{values.max():.4g}]; divide 8-bit values by 255."
-            )
-        return values
-    raise TypeError(f"`{name}` as a numpy array must be uint8, uint16, bool or float, got dtype {array.dtype}.")
-
-
-def _to_three_channels(pixels: torch.Tensor, name: str, layout: str) -> torch.Tensor:
-    """``[B, C, H, W]`` in [0, 1] with C of 1 (grey), 3 (RGB) or 4 (RGBA, composited over white) -> 3 channels."""
-    channels = pixels.shape[1]
-    if channels == 1:
-        return pixels.expand(-1, 3, -1, -1)
-    if channels == 4:
-        alpha = pixels[:, 3:]
-        return pixels[:, :3] * alpha + (1 - alpha)
-    if channels != 3:
-        raise ValueError(f"`{name}` must have 1, 3 or 4 channels ({layout}), got {channels}.")
-    return pixels
-
-
-def image_to_pixels(image, name: str = "image") -> torch.Tensor:
-    """Any documented image form as a float32 ``[B, 3, H, W]`` tensor in ``[-1, 1]``.
-
-    PIL in any mode (converted as :func:`magic_remover.images.to_rgb` does: 16-bit scaled, alpha over white);
-    numpy ``HxW``, ``HxWxC`` or ``BxHxWxC`` (uint8, uint16, bool, or float in ``[0, 1]``); tensors ``HxW``,
-    ``CxHxW`` or ``BxCxHxW`` (float in ``[-1, 1]``, or uint8); lists of single images. 1-channel images become
-    grey RGB, 4-channel numpy/PIL images are composited over white. Out-of-range values raise, never clip.
-    """
-    if isinstance(image, list):
-        return torch.cat([image_to_pixels(item, name) for item in image])
-    if isinstance(image, PIL.Image.Image):
-        array = np.asarray(to_rgb(image), dtype=np.float32)[None] / 255.0
-        return torch.from_numpy(array).permute(0, 3, 1, 2) * 2 - 1  # diffusers' layout, so its convolutions' numbers
-    if isinstance(image, np.ndarray):
-        unit = _numpy_to_unit(image, name)
-        if unit.ndim == 2:
-            unit = unit[None, :, :, None]
-        elif unit.ndim == 3:
-            unit = unit[None]
-        if unit.shape[-1] not in (1, 3, 4) and unit.shape[1] in (1, 3, 4):
-            raise ValueError(
-                f"`{name}` as a numpy array is channels-last (HxWxC); got shape {image.shape}, which looks "
-                "channels-first: transpose it, or pass a tensor."
-            )
-        pixels = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32)).permute(0, 3, 1, 2)
-        return _to_three_channels(pixels, name, "numpy HxWxC") * 2 - 1
-    if isinstance(image, torch.Tensor):
-        pixels = image.detach().cpu()
-        if pixels.ndim == 2:
-            pixels = pixels[None, None]
-        elif pixels.ndim == 3:
-            pixels = pixels[None]
-        if pixels.dtype == torch.uint8:
-            pixels = pixels.float() / 127.5 - 1
-        elif not pixels.is_floating_point():
-            raise TypeError(f"`{name}` as a tensor must be float (in [-1, 1]) or uint8, got {pixels.dtype}.")
-        pixels = pixels.float()
-        if not torch.isfinite(pixels).all():
-            raise ValueError(f"`{name}` holds NaN or inf values.")
-        low, high = float(pixels.min()), float(pixels.max())
-        if low < -1 - 1e-3 or high > 1 + 1e-3:
-            raise ValueError(
-                f"`{name}` as a tensor must hold values in [-1, 1], got [{low:.4g}, {high:.4g}] (a [0, 255] image: "
-                "divide by 127.5 and subtract 1)."
-            )
-        if pixels.shape[1] == 4:
-            raise ValueError(
-                f"`{name}` as a tensor has 4 channels: that is read as latents, which must match the VAE's "
-                "latent channels; pass RGB pixels (3 channels) in [-1, 1]."
-            )
-        return (_to_three_channels((pixels.clamp(-1, 1) + 1) / 2, name, "tensor CxHxW") * 2 - 1).contiguous()
-    raise TypeError(f"`{name}` must be a PIL.Image.Image, numpy array, torch.Tensor or a list of them, got {type(image).__name__}.")
-
-
-#: Below this many tokens a vocabulary is a toy one (the embedded model's has 149; CLIP's 49408): a word it can only
-#: spell letter by letter is a word its text encoder never learned.
-SMALL_VOCABULARY = 10_000
-
-
-def _check_known_word(tokenizer, word: str, ids: list[int]) -> None:
-    """Refuses a target word the tokenizer does not know: one with unknown tokens (an emoji in a vocabulary without
-    bytes for it), or, in a small vocabulary, one it can only spell as single characters. Such a word has no
-    attention map of its own, and the removal would edit whatever the map happened to find."""
-    unknown = tokenizer.unk_token_id
-    if unknown is not None and unknown in ids:
-        raise ValueError(
-            f"`target` word {word!r} contains characters the tokenizer does not know (they become its unknown "
-            f"token {tokenizer.unk_token!r}); name the object with a word of the prompt.{_known_words_hint(tokenizer)}"
-        )
-    if len(tokenizer) < SMALL_VOCABULARY and len(ids) > 1:
-        pieces = [piece.replace("</w>", "") for piece in tokenizer.convert_ids_to_tokens(ids)]
-        if any(len(piece) <= 1 for piece in pieces):
-            raise ValueError(
-                f"`target` word {word!r} is not in the tokenizer's {len(tokenizer)}-token vocabulary (it is spelt "
-                f"{'+'.join(pieces)}): the text encoder never learned it.{_known_words_hint(tokenizer)}"
-            )
-
-
-def _known_words_hint(tokenizer, count: int = 12) -> str:
-    """For a small vocabulary, a few of the whole words it knows; nothing for a real one."""
-    if len(tokenizer) >= SMALL_VOCABULARY:
-        return ""
-    words = sorted(
-        token[: -len("</w>")]
-        for token in tokenizer.get_vocab()
-        if token.endswith("</w>") and len(token) > len("</w>") + 2 and token[: -len("</w>")].isalpha()
-    )
-    return f" Words it knows include: {', '.join(words[:count])}." if words else ""
-
-
-def _mask_arrays(mask_image) -> list[np.ndarray]:
-    """Each mask as a float ``[H, W]`` or ``[H, W, C]`` array, on its own scale (``0..255`` for PIL)."""
-    masks = mask_image if isinstance(mask_image, list) else [mask_image]
-    arrays = []
-    for mask in masks:
-        if isinstance(mask, PIL.Image.Image):
-            arrays.append(np.asarray(mask.convert("RGB") if mask.mode not in ("L", "1", "I", "F") else mask, np.float32))
-        elif isinstance(mask, torch.Tensor):
-            array = mask.detach().float().cpu().numpy()
-            arrays.extend(np.moveaxis(a, 0, -1) if a.ndim == 3 else a for a in (array if array.ndim == 4 else [array]))
-        else:
-            arrays.extend(np.asarray(a, np.float32) for a in (mask if mask.ndim == 4 else [mask]))
-    return arrays
-
-
-LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L")
-
-
-def grey_unit_mask(mask_image):
-    """``mask_image`` as grey values in [0, 1], the form diffusers' mask processor reads right: integer numpy masks
-    (uint8 0..255, uint16 0..65535) scaled to [0, 1], as integer numpy images are; coloured numpy (``[H, W, C]``,
-    ``[B, H, W, C]``) and tensor (``[C, H, W]``, ``[B, C, H, W]``) masks turned grey by luminance, as PIL masks are
-    (the processor would read their channels as a batch of masks). PIL masks and grey arrays are returned as they
-    are."""
-    if isinstance(mask_image, list):
-        return [grey_unit_mask(m) for m in mask_image]
-    if isinstance(mask_image, np.ndarray):
-        if mask_image.dtype in (np.uint8, np.uint16):
-            mask_image = mask_image.astype(np.float32) / float(np.iinfo(mask_image.dtype).max)
-        if mask_image.ndim >= 3 and mask_image.shape[-1] in (3, 4):
-            mask_image = (mask_image[..., :3].astype(np.float32) @ np.asarray(LUMINANCE, np.float32))[..., None]
-    elif isinstance(mask_image, torch.Tensor) and mask_image.ndim >= 3 and mask_image.shape[-3] in (3, 4):
-        weights = torch.tensor(LUMINANCE, dtype=mask_image.dtype, device=mask_image.device).view(3, 1, 1)
-        mask_image = (mask_image[..., :3, :, :] * weights).sum(-3, keepdim=True)
-    return mask_image
-
-
-def check_mask_values(mask_image) -> None:
-    """A user mask is white (1) where removal may happen; soft values keep their weight.
-
-    An all-black mask (nothing to remove) is a ``ValueError``; a coloured RGB mask is converted by luminance, as
-    ``PIL.Image.convert("L")`` does, with a logged warning; a float array or tensor outside [0, 1] is a ``ValueError``
-    (integer numpy masks are scaled, see :func:`grey_unit_mask`). Runs before any model pass.
-    """
-    masks = mask_image if isinstance(mask_image, list) else [mask_image]
-    # values are checked as the processor will read them (grey, in [0, 1]); colour on the mask as it was given
-    pairs = [(m, a, given) for m in masks for a, given in zip(_mask_arrays(grey_unit_mask(m)), _mask_arrays(m))]
-    for mask, array, given in pairs:
-        if not np.isfinite(array).all():
-            raise ValueError("`mask_image` holds NaN or inf values; expected values in [0, 1] (or 0..255 for PIL).")
-        if not isinstance(mask, PIL.Image.Image) and (array.min() < 0 or array.max() > 1):
-            raise ValueError(
-                f"`mask_image` as a float array or tensor must hold values in [0, 1], got {array.min():g} to "
-                f"{array.max():g}; pass uint8 numpy (0..255), a PIL image, or divide by 255."
-            )
-        if array.max() <= 0:
-            raise ValueError("`mask_image` is all black: nothing would be removed. Paint the target's region white.")
-        if given.ndim == 3 and given.shape[-1] >= 3 and not (
-            np.array_equal(given[..., 0], given[..., 1]) and np.array_equal(given[..., 1], given[..., 2])
-        ):
-            logger.warning(
-                "`mask_image` is coloured; it is converted to grey by luminance (0.299 R + 0.587 G + 0.114 B). "
-                "Pass a greyscale mask to say exactly where removal may happen."
-            )
-
-
-def find_target_tokens(tokenizer, prompt: str, target: str) -> list[list[int]]:
-    """Token positions (in the padded sequence, start token at 0) of each word of ``target`` in ``prompt``.
-
-    Words split into several tokens keep all of them; a word or phrase that occurs several times keeps every
-    occurrence; case follows the tokenizer (CLIP lower-cases). A match must start at a word boundary, so "dog" is not
-    found inside "hotdog". Raises ``ValueError`` naming the target if it is not in the prompt or falls past the
-    tokenizer's length limit.
-    """
-    words = target.split()
-    if not words:
-        raise ValueError(f"`target` must name a word of the prompt, got an empty string {target!r}.")
-    prompt_ids = tokenizer(prompt, add_special_tokens=True).input_ids
-    word_ids = [tokenizer(word, add_special_tokens=False).input_ids for word in words]
-    if any(len(ids) == 0 for ids in word_ids):
-        raise ValueError(f"`target` {target!r} contains a word the tokenizer maps to no token.")
-    phrase = [token for ids in word_ids for token in ids]
-    vocab_tokens = tokenizer.convert_ids_to_tokens(prompt_ids)
-    uses_word_ends = any(isinstance(tok, str) and tok.endswith("</w>") for tok in vocab_tokens)
-    # a special token (start, end, or the unknown token an emoji becomes) ends whatever came before it
-    boundaries = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id} - {None}
-
-    def starts_word(position: int) -> bool:
-        if position == 0 or not uses_word_ends:
-            return True
-        previous_id, previous = prompt_ids[position - 1], vocab_tokens[position - 1]
-        return previous_id in boundaries or (isinstance(previous, str) and previous.endswith("</w>"))
-
-    positions: list[list[int]] = [[] for _ in words]
-    for start in range(len(prompt_ids) - len(phrase) + 1):
-        if prompt_ids[start : start + len(phrase)] == phrase and starts_word(start):
-            offset = start
-            for n, ids in enumerate(word_ids):
-                positions[n].extend(range(offset, offset + len(ids)))
-                offset += len(ids)
-    if not positions[0]:
-        raise ValueError(f"`target` {target!r} does not occur in the prompt {prompt!r}; name a word or phrase of the prompt.")
-    for word, ids in zip(words, word_ids):  # present, but perhaps as unknown tokens or spelt letter by letter
-        _check_known_word(tokenizer, word, ids)
-    limit = tokenizer.model_max_length - 1
-    if max(max(p) for p in positions) >= limit:
-        raise ValueError(
-            f"`target` {target!r} falls past the tokenizer's {tokenizer.model_max_length}-token limit in the prompt; "
-            "shorten the prompt."
-        )
-    return positions
-
-
-def protected_token_groups(tokenizer, prompt: str, targets: list[str], protect) -> list[list[int]]:
-    """Token positions of each protected word of ``prompt``: ``protect`` (words of the prompt; an absent one is a
-    ``ValueError`` naming it), or for ``None`` the prompt's other objects (:func:`default_protected_words`; a word the
-    tokenizer cannot find as a whole word is skipped)."""
-    words = default_protected_words(prompt, targets) if protect is None else list(protect)
-    groups = []
-    for word in words:
-        try:
-            groups.append([p for positions in find_target_tokens(tokenizer, prompt, word) for p in positions])
-        except ValueError as error:
-            if protect is not None:
-                raise ValueError(f"`protect` {word!r} is not a word of the prompt {prompt!r}: {error}") from None
-    return groups
-
-
-def protected_word_maps(normalized_words: list[torch.Tensor], dominance, cutoff: float | None = None) -> list[torch.Tensor]:
-    """An object's normalised word maps lowered where a protected word dominates it, and zero where it dominates by
-    more than ``1 / cutoff`` (ours, not in the paper; :func:`~attention_processors.protection_factor`)."""
-    if dominance is None:
-        return normalized_words
-    factor = protection_factor(product_map([a.detach() for a in normalized_words]), dominance, cutoff)
-    return [a * factor for a in normalized_words]
 
 
 class MagicRemoverPipeline(
@@ -705,7 +363,7 @@ class MagicRemoverPipeline(
             prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
             if do_classifier_free_guidance:
                 if negative_prompt_embeds is None:
-                    negatives = _negative_prompts(negative_prompt, prompt, batch)
+                    negatives = negative_prompts(negative_prompt, prompt, batch)
                     negative_prompt_embeds = self._encode_tokens(self._prompts(negatives), device, None,
                                                                  max_length=prompt_embeds.shape[1])  # fmt: skip
                 negative_prompt_embeds = negative_prompt_embeds.to(dtype=encoder.dtype, device=device)
@@ -766,40 +424,9 @@ class MagicRemoverPipeline(
         return to_epsilon(output.float(), latents, schedule.alpha(timestep), schedule.prediction_type)
 
     def _cfg_epsilon(self, latents, timestep, null_embeds, prompt_embeds, guidance_scale, schedule, state=None, mode=None):
-        """Algorithm 1, line 5: ``eps_t = (1 + s) eps(z_t, y) - s eps(z_t, null_t)``.
-
-        One batched UNet call ``[unconditional, conditional]``; one call of the conditional half alone when the two
-        halves are the same prediction (negative-prompt inversion: ``null_t`` is the prompt's embedding, and CFG
-        reduces to it). With ``state``, the attention pass ``mode`` is started with the batch layout used.
-        """
-        identical = null_embeds is prompt_embeds or torch.equal(null_embeds, prompt_embeds)
-        if state is not None:
-            state.start_pass(mode, SINGLE if identical else CFG_BATCH)
-        if identical:
-            return self._unet_epsilon(latents, timestep, prompt_embeds, schedule)
-        noise = self._unet_epsilon(
-            torch.cat([latents, latents]), timestep, torch.cat([null_embeds, prompt_embeds]), schedule
-        )
-        noise_uncond, noise_text = noise.chunk(2)
-        return classifier_free_guidance(noise_uncond, noise_text, guidance_scale)
-
-    def _split_cfg_epsilon(self, ctx, latents, step_index, timestep):
-        """The edit branch's CFG with only the conditional half in the autograd graph.
-
-        The energy reads the conditional half's cross-attention alone, so the unconditional half is evaluated without
-        a graph (ours: the same epsilon as the batched call, less memory and no backward through that half).
-        Identical halves (negative-prompt inversion) take one evaluation.
-        """
-        null_embeds, prompt_embeds = ctx.null_embeddings[step_index], ctx.prompt_embeds
-        if null_embeds is prompt_embeds or torch.equal(null_embeds, prompt_embeds):
-            ctx.state.start_pass(EDIT, SINGLE)
-            return self._unet_epsilon(latents, timestep, prompt_embeds, ctx.schedule)
-        with torch.no_grad():
-            ctx.state.start_pass(EDIT, UNCONDITIONAL)
-            noise_uncond = self._unet_epsilon(latents.detach(), timestep, null_embeds, ctx.schedule)
-        ctx.state.start_pass(EDIT, CONDITIONAL)
-        noise_text = self._unet_epsilon(latents, timestep, prompt_embeds, ctx.schedule)
-        return classifier_free_guidance(noise_uncond, noise_text, self._step_guidance_scale)
+        """Algorithm 1, line 5 with this pipeline's UNet (:func:`~removal.cfg_epsilon`)."""
+        epsilon = lambda z, t, embeds: self._unet_epsilon(z, t, embeds, schedule)  # noqa: E731
+        return cfg_epsilon(epsilon, latents, timestep, null_embeds, prompt_embeds, guidance_scale, state, mode)
 
     def _is_latent_image(self, image) -> bool:
         """As in img2img pipelines: a tensor with the VAE's latent channel count (4 for SD) given as ``image`` is
@@ -813,7 +440,7 @@ class MagicRemoverPipeline(
 
     def _image_batch_and_size(self, image) -> tuple[int, tuple[int, int]]:
         """``(batch, (height, width))`` of ``image`` in pixels (latents count at ``vae_scale_factor`` times their size)."""
-        batch, (height, width) = _image_batch_and_size(image, "image")
+        batch, (height, width) = image_batch_and_size(image, "image")
         if self._is_latent_image(image):
             return batch, (height * self.vae_scale_factor, width * self.vae_scale_factor)
         return batch, (height, width)
@@ -986,13 +613,13 @@ class MagicRemoverPipeline(
             raise ValueError(f"`method` must be one of {INVERSION_METHODS}, got {method!r}.")
         if not (isinstance(num_inner_steps, int) and not isinstance(num_inner_steps, bool) and num_inner_steps >= 1):
             raise ValueError(f"`num_inner_steps` must be a positive int, got {num_inner_steps!r}.")
-        _check_finite(learning_rate, "learning_rate")
-        _check_finite(early_stop_epsilon, "early_stop_epsilon")
-        if not (_is_number(learning_rate) and learning_rate > 0):
+        check_finite(learning_rate, "learning_rate")
+        check_finite(early_stop_epsilon, "early_stop_epsilon")
+        if not (is_number(learning_rate) and learning_rate > 0):
             raise ValueError(f"`learning_rate` must be a number > 0, got {learning_rate!r}.")
-        if not (_is_number(early_stop_epsilon) and early_stop_epsilon >= 0):
+        if not (is_number(early_stop_epsilon) and early_stop_epsilon >= 0):
             raise ValueError(f"`early_stop_epsilon` must be a number >= 0, got {early_stop_epsilon!r}.")
-        _warn_if_large(learning_rate, "learning_rate", "1e-3 to 1e-1 of null-text optimisation", 1.0)
+        warn_if_large(learning_rate, "learning_rate", "1e-3 to 1e-1 of null-text optimisation", 1.0)
 
     def _check_common_inputs(self, num_inference_steps, guidance_scale, generator):
         num_train = int(self.scheduler.config.num_train_timesteps)
@@ -1000,10 +627,10 @@ class MagicRemoverPipeline(
             raise TypeError(f"`num_inference_steps` must be an int, got {type(num_inference_steps).__name__}.")
         if not 1 <= num_inference_steps <= num_train:
             raise ValueError(f"`num_inference_steps` must be between 1 and {num_train}, got {num_inference_steps}.")
-        if not _is_number(guidance_scale):
+        if not is_number(guidance_scale):
             raise TypeError(f"`guidance_scale` must be a number, got {type(guidance_scale).__name__}.")
-        _check_finite(guidance_scale, "guidance_scale")
-        _warn_if_large(guidance_scale, "guidance_scale", "1 to 20 of classifier-free guidance", 50.0)
+        check_finite(guidance_scale, "guidance_scale")
+        warn_if_large(guidance_scale, "guidance_scale", "1 to 20 of classifier-free guidance", 50.0)
         if not guidance_scale >= 1.0:
             raise ValueError(
                 f"`guidance_scale` must be >= 1 (classifier-free guidance w = 1 + s), got {guidance_scale}."
@@ -1066,109 +693,44 @@ class MagicRemoverPipeline(
                     f"`cross_attention_kwargs` must be a dict or None, got {type(cross_attention_kwargs).__name__}."
                 )
             scale = cross_attention_kwargs.get("scale", 1.0)
-            if not (_is_number(scale) and math.isfinite(scale)):
+            if not (is_number(scale) and math.isfinite(scale)):
                 raise ValueError(
                     f"`cross_attention_kwargs['scale']` (the LoRA scale) must be a finite number, got {scale!r}."
                 )
 
     def check_inputs(
         self,
+        *,
         image,
         prompt,
         target,
         mask_image,
         inversion,
+        inversion_method,
         num_inference_steps,
         guidance_scale,
-        erase_lambda,
-        attention_guidance_scale,
-        guidance_timesteps,
-        optimization_timesteps,
-        optimization_steps,
-        energy,
-        gradient_weighting,
-        inversion_method,
         generator,
         output_type,
         callback_on_step_end_tensor_inputs,
-        blend_outside_attention_mask=False,
-        attention_mask_threshold=None,
-        keep_input_outside_attention_mask=False,
-        protect=None,
-        protect_cutoff=None,
-        refocus_w_pos=0.0,
-        refocus_w_neg=0.0,
-        refocus_timesteps=(700, 1000),
-        content_initialization=None,
-        attention_mask_components=None,
-    ):
+        options: RemovalOptions,
+    ) -> list[str]:
+        """Every check of a removal call that needs no model pass; returns the targets as a list."""
         self._check_common_inputs(num_inference_steps, guidance_scale, generator)
-        num_train = int(self.scheduler.config.num_train_timesteps)
         if image is None and inversion is None:
             raise ValueError("Pass `image` (to invert) or `inversion` (from `pipe.invert`).")
         if inversion is not None and not isinstance(inversion, MagicRemoverInversion):
             raise TypeError(f"`inversion` must be a MagicRemoverInversion from `pipe.invert`, got {type(inversion).__name__}.")
-        batch = inversion.batch_size if inversion is not None else None
-        if image is not None:
-            batch = self._check_image(image)[0]
+        batch = self._check_image(image)[0] if image is not None else inversion.batch_size
         if prompt is None and inversion is None:
             raise ValueError("`prompt` is required: a caption of the image that names the target.")
         targets = [target] if isinstance(target, str) else target
         if not (isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) for t in targets)):
             raise TypeError(f"`target` must be a word or phrase of the prompt (str) or a non-empty list of them, got {target!r}.")
-        if not _is_number(erase_lambda):
-            raise TypeError(f"`erase_lambda` must be a number in [0, 1], got {type(erase_lambda).__name__}.")
-        _check_finite(erase_lambda, "erase_lambda")
-        if not 0.0 <= erase_lambda <= 1.0:
-            raise ValueError(f"`erase_lambda` (lambda of eq. 7) must be in [0, 1], got {erase_lambda}.")
-        if not _is_number(attention_guidance_scale):
-            raise TypeError(f"`attention_guidance_scale` must be a number, got {type(attention_guidance_scale).__name__}.")
-        _check_finite(attention_guidance_scale, "attention_guidance_scale")
-        if attention_guidance_scale < 0:
-            raise ValueError(f"`attention_guidance_scale` must be >= 0, got {attention_guidance_scale}.")
-        _warn_if_large(attention_guidance_scale, "attention_guidance_scale", "0 to 10 (the paper uses 1)", 1000.0)
-        _check_timestep_range(guidance_timesteps, "guidance_timesteps", num_train)
-        _check_timestep_range(optimization_timesteps, "optimization_timesteps", num_train)
-        if not isinstance(optimization_steps, int) or isinstance(optimization_steps, bool) or optimization_steps < 0:
-            raise ValueError(f"`optimization_steps` (N of Algorithm 1) must be an int >= 0, got {optimization_steps!r}.")
-        if energy not in ENERGIES:
-            raise ValueError(f"`energy` must be one of {ENERGIES}, got {energy!r}.")
-        if gradient_weighting not in GRADIENT_WEIGHTINGS:
-            raise ValueError(f"`gradient_weighting` must be one of {GRADIENT_WEIGHTINGS}, got {gradient_weighting!r}.")
+        options.check(int(self.scheduler.config.num_train_timesteps))
         if inversion_method not in INVERSION_METHODS:
             raise ValueError(f"`inversion_method` must be one of {INVERSION_METHODS}, got {inversion_method!r}.")
-        for name, flag in [("blend_outside_attention_mask", blend_outside_attention_mask),
-                           ("keep_input_outside_attention_mask", keep_input_outside_attention_mask)]:  # fmt: skip
-            if not isinstance(flag, bool):
-                raise TypeError(f"`{name}` must be True or False, got {flag!r}.")
-        if attention_mask_threshold is not None:
-            if not _is_number(attention_mask_threshold):
-                raise TypeError(
-                    f"`attention_mask_threshold` must be None or a number in (0, 1), got {attention_mask_threshold!r}."
-                )
-            _check_finite(attention_mask_threshold, "attention_mask_threshold")
-            if not 0.0 < attention_mask_threshold < 1.0:
-                raise ValueError(f"`attention_mask_threshold` must be in (0, 1), got {attention_mask_threshold}.")
-        if attention_mask_components is not None and (
-            isinstance(attention_mask_components, bool)
-            or not isinstance(attention_mask_components, int)
-            or attention_mask_components < 1
-        ):
-            raise ValueError(
-                f"`attention_mask_components` must be None or an int >= 1, got {attention_mask_components!r}."
-            )
-        automatic_mask_used = mask_image is None and (
-            blend_outside_attention_mask or keep_input_outside_attention_mask or content_initialization is not None
-        )
-        for name, value in (("attention_mask_threshold", attention_mask_threshold),
-                            ("attention_mask_components", attention_mask_components)):  # fmt: skip
-            if value is not None and not automatic_mask_used and name not in getattr(self, "_defaults_filled", ()):
-                logger.warning(
-                    f"`{name}` only shapes the automatic mask of `blend_outside_attention_mask`, "
-                    "`keep_input_outside_attention_mask` and `content_initialization`, which are off or replaced by "
-                    "`mask_image` in this call: it has no effect."
-                )
-        if keep_input_outside_attention_mask and mask_image is None:
+        self._warn_about_options_without_effect(options, mask_image is not None)
+        if options.keep_input_outside_attention_mask and mask_image is None:
             if image is None:
                 raise ValueError(
                     "`keep_input_outside_attention_mask` takes the input's pixels outside the automatic mask: pass "
@@ -1194,46 +756,42 @@ class MagicRemoverPipeline(
                 f"got {callback_on_step_end_tensor_inputs}."
             )
         if mask_image is not None:
-            if image is None and inversion is None:
-                raise ValueError("`mask_image` needs an `image` or an `inversion`.")
-            mask_batch, mask_size = _image_batch_and_size(mask_image, "mask_image")
-            reference = self._image_batch_and_size(image)[1] if image is not None else tuple(inversion.image_size)
-            if mask_size != tuple(reference):
-                raise ValueError(f"`mask_image` is {mask_size[0]}x{mask_size[1]} but the image is {reference[0]}x{reference[1]}.")
-            if image is None and output_type != "latent":
-                raise ValueError(
-                    "With `mask_image` the result outside the mask is the input's own pixels: pass `image` along with "
-                    "`inversion`."
-                )
-            check_mask_values(mask_image)
-        for name, weight in (("refocus_w_pos", refocus_w_pos), ("refocus_w_neg", refocus_w_neg)):
-            if not (_is_number(weight) and weight >= 0):
-                raise ValueError(f"`{name}` (MagicEraser's refocusing weight) must be a number >= 0, got {weight!r}.")
-        _check_timestep_range(refocus_timesteps, "refocus_timesteps", num_train)
-        check_content_initialization(content_initialization)
-        self._check_targets_in_prompt(prompt if prompt is not None else inversion.prompt, targets, batch)
-        if protect is not None:
-            words = [protect] if isinstance(protect, str) else protect
-            if not (isinstance(words, (list, tuple)) and all(isinstance(w, str) and w.strip() for w in words)):
-                raise TypeError(f"`protect` must be None, a word of the prompt (str) or a list of them, got {protect!r}.")
-            prompts = [prompt] if isinstance(prompt, str) else (prompt or (inversion.prompt if inversion else []))
-            for text in prompts:  # an absent word is named now, before any model pass
-                protected_token_groups(self.tokenizer, self._prompts([text])[0], list(targets), list(words))
-        if protect_cutoff is not None:
-            if not _is_number(protect_cutoff):
-                raise TypeError(f"`protect_cutoff` must be None or a number in (0, 1], got {protect_cutoff!r}.")
-            _check_finite(protect_cutoff, "protect_cutoff")
-            if not 0.0 < protect_cutoff <= 1.0:
-                raise ValueError(f"`protect_cutoff` must be in (0, 1], got {protect_cutoff}.")
-            if mask_image is not None and "protect_cutoff" not in getattr(self, "_defaults_filled", ()):
-                logger.warning("`protect_cutoff` shapes the automatic region, which `mask_image` replaces: it has no effect.")
-        return targets
-
-    def _check_targets_in_prompt(self, prompt, targets, batch) -> None:
-        """Looks the targets' tokens up before any model pass: a typo must not cost an inversion."""
-        for text in self._check_prompt(prompt, batch):
+            self._check_mask(mask_image, image, inversion, output_type)
+        prompts = self._check_prompt(prompt if prompt is not None else inversion.prompt, batch)
+        for text in prompts:  # looked up before any model pass: a typo must not cost an inversion
             for target in targets:
                 find_target_tokens(self.tokenizer, text, target)
+            if options.protect is not None:  # an absent word is named now
+                words = list(options.protected_words)
+                protected_token_groups(self.tokenizer, self._prompts([text])[0], list(targets), words)
+        return list(targets)
+
+    def _warn_about_options_without_effect(self, options: RemovalOptions, has_user_mask: bool) -> None:
+        """A user's option that cannot act in this call is named in a warning (a model's setting is not)."""
+        filled = getattr(self, "_defaults_filled", ())
+        for name in ("attention_mask_threshold", "attention_mask_components"):
+            if getattr(options, name) is not None and not options.uses_automatic_mask(has_user_mask) and name not in filled:
+                logger.warning(
+                    f"`{name}` only shapes the automatic mask of `blend_outside_attention_mask`, "
+                    "`keep_input_outside_attention_mask` and `content_initialization`, which are off or replaced by "
+                    "`mask_image` in this call: it has no effect."
+                )
+        if options.protect_cutoff is not None and has_user_mask and "protect_cutoff" not in filled:
+            logger.warning("`protect_cutoff` shapes the automatic region, which `mask_image` replaces: it has no effect.")
+
+    def _check_mask(self, mask_image, image, inversion, output_type) -> None:
+        if image is None and inversion is None:
+            raise ValueError("`mask_image` needs an `image` or an `inversion`.")
+        mask_size = image_batch_and_size(mask_image, "mask_image")[1]
+        reference = self._image_batch_and_size(image)[1] if image is not None else tuple(inversion.image_size)
+        if mask_size != tuple(reference):
+            raise ValueError(f"`mask_image` is {mask_size[0]}x{mask_size[1]} but the image is {reference[0]}x{reference[1]}.")
+        if image is None and output_type != "latent":
+            raise ValueError(
+                "With `mask_image` the result outside the mask is the input's own pixels: pass `image` along with "
+                "`inversion`."
+            )
+        check_mask_values(mask_image)
 
     def _check_inversion_matches(self, inversion, prompts, num_inference_steps, guidance_scale, method, schedule, z0):
         def mismatch(what, made, used):
@@ -1289,66 +847,71 @@ class MagicRemoverPipeline(
     # The attention guidance (eq. 7-9, 13)
     # ------------------------------------------------------------------------------------------------------------
 
-    def _guided_epsilon(self, ctx, latents, step_index, timestep):
-        """One edit-branch evaluation: ``(eps_t, eps_t^guid, mean target attention)`` at ``latents``.
+    def _reconstruction_epsilon(self, ctx: RemovalContext, latents, step_index, timestep):
+        """The reconstruction branch's pass (:func:`~removal.reconstruction_pass`): ``(eps, attention, soft map)``."""
+        return reconstruction_pass(ctx, latents, step_index, timestep)
 
-        Eq. 8/9: ``eps^guid = eps + sum_m (prod_n A_{t,k}) * grad_z sum_n g(t, k, lambda)``, gated by the user's
-        mask (eq. 13) if there is one. The gradient is taken with respect to the latents only, in float32.
-        """
-        z = latents.detach().requires_grad_(True)
-        with torch.enable_grad():
-            epsilon = self._split_cfg_epsilon(ctx, z, step_index, timestep)
-            aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
-            objects = word_maps(aggregated, ctx.token_groups)
-            target_attention = sum(product_map(words) for words in objects).detach().flatten(1).mean(1)
-            guidance = torch.zeros_like(z)
-            if ctx.attention_guidance_scale > 0:
-                dominance = protected_dominance(aggregated, ctx.protect_groups)
-                for m, words in enumerate(objects):
-                    normalized = protected_word_maps([normalize_map(word) for word in words], dominance,
-                                                     ctx.protect_cutoff)
-                    if ctx.energy == "paper":
-                        energy = sum(attention_energy(a, ctx.erase_lambda, ctx.pixel_area) for a in normalized)  # eq. 7
-                    else:
-                        energy = sum(quantile_energy(a) for a in normalized)
-                    (gradient,) = torch.autograd.grad(energy.sum(), z, retain_graph=m < len(objects) - 1)
-                    weight = product_map([a.detach() for a in normalized]).unsqueeze(1)  # eq. 9: prod_n A_{t,k}
-                    if ctx.gradient_weighting == "binary":
-                        weight = top_fraction_mask(weight, 0.2)
-                    guidance = guidance + weight * gradient
-        ctx.state.start_pass(PASSTHROUGH)
-        if ctx.latent_mask is not None:
-            guidance = guidance * ctx.latent_mask  # eq. 13
-        if not torch.isfinite(guidance).all():
-            raise FloatingPointError(
-                f"The attention-guidance gradient is NaN or inf at timestep {int(timestep)}; lower "
-                "`attention_guidance_scale`, or run the UNet in float32."
+    def _inversion_for_call(self, image, prompt, inversion, method, schedule, guidance_scale, generator, prompt_embeds,
+                            clip_skip, cross_attention_kwargs) -> MagicRemoverInversion:  # fmt: skip
+        """Lines 1-3 of Algorithm 1 for this call, or the given ``inversion`` once checked against it."""
+        num_inference_steps = len(schedule.timesteps)
+        if inversion is None:
+            inversion = self.invert(image, prompt, num_inference_steps, guidance_scale, method, generator,
+                                    prompt_embeds=prompt_embeds, clip_skip=clip_skip,
+                                    cross_attention_kwargs=cross_attention_kwargs)  # fmt: skip
+            return inversion.to(self._execution_device)
+        batch, size = self._image_batch_and_size(image) if image is not None else (inversion.batch_size, None)
+        if size is not None and (tuple(size) != tuple(inversion.image_size) or batch != inversion.batch_size):
+            raise ValueError(
+                f"`inversion` was made from {inversion.batch_size} image(s) of size {tuple(inversion.image_size)}; "
+                f"this `image` ({batch} of size {tuple(size)}) does not match it."
             )
-        epsilon = epsilon.detach()
-        # Eq. 8 writes "+ A * grad g". Algorithm 1 (line 13, eq. 12) feeds the guided epsilon only into the direction
-        # term, so it moves z by +sqrt(1 - alpha) * (eps_guid - eps): descending the energy, the erasing direction
-        # and the "gradient descent on z_t" of section 3.4, needs the minus sign.
-        return epsilon, epsilon - ctx.attention_guidance_scale * guidance, target_attention
+        prompts = self._check_prompt(prompt if prompt is not None else inversion.prompt, batch)
+        z0 = None if image is None else self.image_latents(image, tuple(inversion.processing_size))
+        self._check_inversion_matches(inversion, prompts, num_inference_steps, guidance_scale, method, schedule, z0)
+        self._check_inversion_text_matches(inversion, prompt_embeds, clip_skip, cross_attention_kwargs)
+        return inversion.to(self._execution_device)
 
-    def _reconstruction_epsilon(self, ctx, latents, step_index, timestep):
-        """The reconstruction branch: plain CFG with ``null_t``; records K_rec, V_rec and the target's map."""
-        epsilon = self._cfg_epsilon(
-            latents, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds, self._step_guidance_scale,
-            ctx.schedule, ctx.state, RECONSTRUCT,
+    def _pixel_mask(self, mask_image, inversion) -> torch.Tensor | None:
+        """The user's mask as ``[B, 1, H, W]`` in [0, 1] at the image's size (``None`` without one)."""
+        if mask_image is None:
+            return None
+        height, width = inversion.image_size
+        pixel_mask = self.mask_processor.preprocess(grey_unit_mask(mask_image), height=height, width=width)
+        return pixel_mask.float().to(self._execution_device).expand(inversion.batch_size, -1, -1, -1)
+
+    def _removal_context(self, inversion, schedule, targets, options, pixel_mask) -> RemovalContext:
+        """This call's context: the UNet as the steps call it, the target and protected words' tokens (eq. 9, ours),
+        the per-step plan and the user's mask at latent size."""
+        prompts = self._prompts(list(inversion.prompt))
+        latent_size = tuple(inversion.latents.shape[-2:])
+        latent_mask = None
+        if pixel_mask is not None:
+            latent_mask = F.interpolate(pixel_mask, size=latent_size, mode="bilinear", align_corners=False)
+        return RemovalContext(
+            state=RemovalAttentionState(),
+            schedule=schedule,
+            epsilon=lambda latents, t, embeds: self._unet_epsilon(latents, t, embeds, schedule),
+            guidance_scale=lambda: self._step_guidance_scale,
+            null_embeddings=inversion.null_embeddings,
+            prompt_embeds=inversion.prompt_embeds,
+            token_groups=[[find_target_tokens(self.tokenizer, p, t) for t in targets] for p in prompts],
+            protect_groups=[protected_token_groups(self.tokenizer, p, targets, options.protected_words) for p in prompts],
+            latent_size=latent_size,
+            pixel_area=float(self.vae_scale_factor**2),
+            options=options,
+            plan=plan_steps(schedule.timesteps, options),
+            latent_mask=latent_mask,
         )
-        aggregated = aggregate_cross_attention(ctx.state.cross_attention, ctx.latent_size)
-        objects = word_maps(aggregated, ctx.token_groups)
-        raw = sum(product_map(words) for words in objects)
-        dominance = protected_dominance(aggregated, ctx.protect_groups)
-        soft_mask = sum(
-            product_map(protected_word_maps([normalize_map(w) for w in words], dominance, ctx.protect_cutoff))
-            for words in objects
-        ).clamp(0, 1)
-        ctx.state.refocus_maps = (soft_mask, dominance)  # where the edit pass may refocus (MagicEraser)
-        return epsilon, raw.flatten(1).mean(1), soft_mask
 
-    def _content_initialized_latents(self, image, inversion, latents, target_map, pixel_mask, latent_mask, threshold,
-                                     components, alpha_t):  # fmt: skip
+    def _removal_processors(self, state: RemovalAttentionState, options: RemovalOptions) -> dict:
+        """Eq. 10's K/V swap on the self-attention layers (unless ``self_attention_guidance=False``) and the capture of
+        ``A_{t,k}`` on the cross-attention layers ``attention_layers`` picks: nowhere else."""
+        self_names, cross_names = attention_layer_names(self.unet)
+        cross_names = select_layers(cross_names, options.attention_layers, "attention_layers")
+        return build_processors(self.unet, state, self_names if options.self_attention_guidance else [], cross_names)
+
+    def _content_initialized_latents(self, image, inversion, latents, target_map, pixel_mask, ctx, alpha_t):
         """``latents`` (z_t of the reconstruction) moved onto the pre-filled input inside the target's region
         (``content_initialization``): the user's mask, else the automatic region of ``target_map`` (the target's
         soft map averaged over the reconstruction passes so far)."""
@@ -1358,15 +921,61 @@ class MagicRemoverPipeline(
             source = self._prepare_image(image, processing_size).to(latents.device)
         else:  # only latents or an inversion: the autoencoder's round trip of the input stands in for it
             source = self.decode_latents_to_pixels(z0).float().clamp(-1, 1)
-        if latent_mask is not None:
-            region = latent_mask
+        if ctx.latent_mask is not None:
+            region = ctx.latent_mask
             pixel_region = F.interpolate(pixel_mask, size=processing_size, mode="bilinear", align_corners=False)
         else:
-            region = automatic_mask(normalize_map(target_map).clamp(0, 1), threshold, components).unsqueeze(1)
+            region = ctx.automatic_region(normalize_map(target_map).clamp(0, 1)).unsqueeze(1)
             pixel_region = F.interpolate(region, size=processing_size, mode="nearest")
         filled = telea_prefill(source, pixel_region)
         z0_filled = self.encode_image(filled.to(self.vae.dtype))
         return content_shifted_latents(latents, z0, z0_filled.float(), region.to(latents.dtype), alpha_t)
+
+    def _step_end(self, callback, tensor_names, step_index, timestep, branches: RemovalBranches, ctx) -> None:
+        """diffusers' ``callback_on_step_end``: it may replace either branch's latents."""
+        if callback is None:
+            return
+        available = {"latents": branches.latents, "reconstruction_latents": branches.reconstruction,
+                     "prompt_embeds": ctx.prompt_embeds}  # fmt: skip
+        outputs = callback(self, step_index, timestep, {k: available[k] for k in tensor_names}) or {}
+        branches.latents = outputs.pop("latents", branches.latents)
+        branches.reconstruction = outputs.pop("reconstruction_latents", branches.reconstruction)
+        if not branches.diverged and not torch.equal(branches.latents, branches.reconstruction):
+            branches.diverged = True
+
+    def _removal_output(self, branches: RemovalBranches, ctx, inversion, image, pixel_mask, output_type, return_dict):
+        """Decoded results at the input's size, the input's own pixels outside the user's mask or (with
+        ``keep_input_outside_attention_mask``) the automatic region, and the target's map at image resolution."""
+        image_size = tuple(inversion.image_size)
+        latent_map = normalize_map(branches.mean_map()).clamp(0, 1)
+        attention_maps = F.interpolate(latent_map.unsqueeze(1), size=image_size, mode="bilinear", align_corners=False)
+        attention_maps = attention_maps[:, 0].clamp(0, 1)
+        if output_type == "latent":
+            images, reconstructions, nsfw = branches.latents, branches.reconstruction, None
+        else:
+            images = self._to_image_size(self.decode_latents_to_pixels(branches.latents), image_size)
+            reconstructions = self._to_image_size(self.decode_latents_to_pixels(branches.reconstruction), image_size)
+            region = pixel_mask  # as every mask-based remover: outside the mask, the input's own pixels
+            if region is None and ctx.options.keep_input_outside_attention_mask:  # ours: only the target is decoded
+                region = ctx.automatic_region(latent_map).unsqueeze(1)
+                region = F.interpolate(region, size=image_size, mode="bilinear", align_corners=False)
+            if region is not None:
+                images = blend(region, images, self._prepare_image(image, image_size).to(images.device))
+            images, nsfw = self.run_safety_checker(images, self._execution_device, ctx.prompt_embeds.dtype)
+            images = self.image_processor.postprocess(images, output_type=output_type)
+            reconstructions = self.image_processor.postprocess(reconstructions, output_type=output_type)
+            attention_maps = attention_maps if output_type == "pt" else attention_maps.cpu().numpy()
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, attention_maps
+        return MagicRemoverPipelineOutput(
+            images=images,
+            attention_maps=attention_maps,
+            reconstructions=reconstructions,
+            target_attention=branches.target_attention(),
+            inversion=inversion,
+            nsfw_content_detected=nsfw,
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     # Algorithm 1
@@ -1531,227 +1140,74 @@ class MagicRemoverPipeline(
 
         Examples:
         """
+        options = RemovalOptions.from_arguments(locals())  # each option acts in one place of `removal.py`
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if inversion_method is None:  # a given inversion says how it was made; else invert's default
             inversion_method = getattr(inversion, "method", None) or DEFAULT_INVERSION_METHOD
-        self._check_text_inputs(
-            prompt, prompt_embeds, clip_skip, cross_attention_kwargs, num_images_per_prompt, inversion
-        )
+
+        # 1. Check inputs, all before any model pass
+        self._check_text_inputs(prompt, prompt_embeds, clip_skip, cross_attention_kwargs, num_images_per_prompt,
+                                inversion)  # fmt: skip
         targets = self.check_inputs(
-            image, prompt, target, mask_image, inversion, num_inference_steps, guidance_scale, erase_lambda,
-            attention_guidance_scale, guidance_timesteps, optimization_timesteps, optimization_steps, energy,
-            gradient_weighting, inversion_method, generator, output_type, callback_on_step_end_tensor_inputs,
-            blend_outside_attention_mask, attention_mask_threshold, keep_input_outside_attention_mask, protect,
-            protect_cutoff, refocus_w_pos, refocus_w_neg, refocus_timesteps, content_initialization,
-            attention_mask_components,
+            image=image, prompt=prompt, target=target, mask_image=mask_image, inversion=inversion,
+            inversion_method=inversion_method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, output_type=output_type, options=options,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )  # fmt: skip
-        protect = [protect] if isinstance(protect, str) else protect
-        self._interrupt = False
-        self._guidance_scale = guidance_scale
+        self._interrupt, self._guidance_scale = False, guidance_scale
         self._cross_attention_kwargs, self._clip_skip = cross_attention_kwargs, clip_skip
-        device = self._execution_device
         schedule = DDIMSchedule.from_scheduler_config(self.scheduler.config, num_inference_steps)
 
-        # Lines 1-3: z_0 = E(x_0), DDIM inversion, null-text optimisation (or a given inversion)
-        if inversion is None:
-            inversion = self.invert(image, prompt, num_inference_steps, guidance_scale, inversion_method, generator,
-                                    prompt_embeds=prompt_embeds, clip_skip=clip_skip,
-                                    cross_attention_kwargs=cross_attention_kwargs)  # fmt: skip
-        else:
-            batch, size = self._image_batch_and_size(image) if image is not None else (inversion.batch_size, None)
-            if size is not None and (tuple(size) != tuple(inversion.image_size) or batch != inversion.batch_size):
-                raise ValueError(
-                    f"`inversion` was made from {inversion.batch_size} image(s) of size {tuple(inversion.image_size)}; "
-                    f"this `image` ({batch} of size {tuple(size)}) does not match it."
-                )
-            prompts = self._check_prompt(prompt if prompt is not None else inversion.prompt, batch)
-            z0 = None
-            if image is not None:
-                z0 = self.image_latents(image, tuple(inversion.processing_size))
-            self._check_inversion_matches(
-                inversion, prompts, num_inference_steps, guidance_scale, inversion_method, schedule, z0
-            )
-            self._check_inversion_text_matches(inversion, prompt_embeds, clip_skip, cross_attention_kwargs)
-        inversion = inversion.to(device)
-        prompts, batch = list(inversion.prompt), inversion.batch_size
-        latent_size = tuple(inversion.latents.shape[-2:])
-        image_size = tuple(inversion.image_size)
+        # 2. Lines 1-3: z_0 = E(x_0), DDIM inversion, null-text optimisation (eq. 6), or the given inversion
+        inversion = self._inversion_for_call(image, prompt, inversion, inversion_method, schedule, guidance_scale,
+                                             generator, prompt_embeds, clip_skip, cross_attention_kwargs)  # fmt: skip
 
-        # The target words k of the prompt (eq. 9 groups the words of one phrase)
-        token_groups = [[find_target_tokens(self.tokenizer, p, t) for t in targets] for p in self._prompts(prompts)]
-        protect_groups = [protected_token_groups(self.tokenizer, p, targets, protect) for p in self._prompts(prompts)]
+        # 3. The target words k (eq. 9), the protected words (ours), the user's mask (eq. 13), the per-step plan
+        pixel_mask = self._pixel_mask(mask_image, inversion)
+        ctx = self._removal_context(inversion, schedule, targets, options, pixel_mask)
+        branches = RemovalBranches(inversion.latents[-1])  # line 4: both branches start from z_T
+        prefill = ContentInitialization(options.content_initialization) if options.content_initialization else None
+        self._num_timesteps = len(schedule.timesteps)
 
-        pixel_mask = latent_mask = None
-        if mask_image is not None:
-            pixel_mask = self.mask_processor.preprocess(
-                grey_unit_mask(mask_image), height=image_size[0], width=image_size[1]
-            )
-            pixel_mask = pixel_mask.float().to(device).expand(batch, -1, -1, -1)
-            latent_mask = F.interpolate(pixel_mask, size=latent_size, mode="bilinear", align_corners=False)
-
-        ctx = _RemovalContext(
-            state=RemovalAttentionState(),
-            schedule=schedule,
-            null_embeddings=inversion.null_embeddings,
-            prompt_embeds=inversion.prompt_embeds,
-            token_groups=token_groups,
-            protect_groups=protect_groups,
-            # a user's mask already says where the target is: the cutoff shapes the automatic region only
-            protect_cutoff=None if protect_cutoff is None or mask_image is not None else float(protect_cutoff),
-            latent_size=latent_size,
-            erase_lambda=float(erase_lambda),
-            attention_guidance_scale=float(attention_guidance_scale),
-            pixel_area=float(self.vae_scale_factor**2),
-            energy=energy,
-            gradient_weighting=gradient_weighting,
-            latent_mask=latent_mask,
-        )
-        self_names, cross_names = attention_layer_names(self.unet)
-        cross_names = select_layers(cross_names, attention_layers, "attention_layers")
-        processors = build_processors(self.unet, ctx.state, self_names if self_attention_guidance else [], cross_names)
-
-        timesteps = schedule.timesteps
-        guided = timesteps_in_range(timesteps, *guidance_timesteps)  # paper: 100 < t < t2
-        optimized = timesteps_in_range(timesteps, *optimization_timesteps)  # paper: t1 < t < t2
-        refocused = timesteps_in_range(timesteps, *refocus_timesteps)  # MagicEraser: early steps only
-        refocus = (float(refocus_w_pos), float(refocus_w_neg)) if refocus_w_pos or refocus_w_neg else None
-        # the automatic region keeps this many connected parts: attention_mask_components per target (ours)
-        region_components = None if attention_mask_components is None else attention_mask_components * len(targets)
-        self._num_timesteps = len(timesteps)
-
-        # Line 4 onwards: both branches start from z_T
-        reconstruction_latents = inversion.latents[-1].clone()
-        latents = reconstruction_latents.clone()
-        edit_diverged = False  # until the first guided step the edit branch equals the reconstruction exactly
-        map_sum, map_count = torch.zeros(batch, *latent_size, device=device), 0
-        early_sum, early_count = torch.zeros(batch, *latent_size, device=device), 0  # maps until the first guided step
-        trace_t, trace_rec, trace_edit = [], [], []
-
+        # 4. Denoising loop, lines 4-14, with the processors of eq. 10 installed only for it
         try:
-            with installed_processors(self.unet, processors), self.progress_bar(total=len(timesteps)) as bar:
+            with installed_processors(self.unet, self._removal_processors(ctx.state, options)), self.progress_bar(
+                total=len(schedule.timesteps)
+            ) as bar:
                 bar.set_description("MagicRemover")
-                for i, t in enumerate(timesteps):
+                for i, t in enumerate(schedule.timesteps):
                     if self.interrupt:
                         continue
-                    alpha_t, alpha_next = schedule.alpha(t), schedule.alpha_after(i)
-
-                    # Reconstruction branch (plain CFG with null_t); records K_rec, V_rec for eq. 10
-                    eps_rec, rec_attention, soft_mask = self._reconstruction_epsilon(ctx, reconstruction_latents, i, t)
-                    ctx.state.refocus_weights = refocus if refocused[i] else None  # edit pass only (MagicEraser)
-                    if guided[i]:
-                        map_sum, map_count = map_sum + soft_mask, map_count + 1
-                    if content_initialization is not None and not edit_diverged:
-                        early_sum, early_count = early_sum + soft_mask, early_count + 1
-                        if guided[i]:  # MagicEraser's content initialisation: leave from the pre-filled image
-                            latents = self._content_initialized_latents(
-                                image, inversion, latents, early_sum / early_count, pixel_mask, latent_mask,
-                                attention_mask_threshold, region_components, alpha_t,
-                            )  # fmt: skip
-                            edit_diverged = True
-
-                    if guided[i]:
-                        # Lines 5-6: eps_t and eps_t^guid (eq. 8/9)
-                        eps, eps_guided, edit_attention = self._guided_epsilon(ctx, latents, i, t)
-                        if optimized[i]:
-                            # Lines 8-11: classifier optimisation, re-noise in place at t (eq. 12)
-                            for _ in range(optimization_steps):
-                                latents = classifier_optimization_step(latents, eps, eps_guided, alpha_t)
-                                eps, eps_guided, edit_attention = self._guided_epsilon(ctx, latents, i, t)
-                        # Line 13: x0 from the unguided eps, direction from the guided one
-                        latents = ddim_step(latents, eps, eps_guided, alpha_t, alpha_next)
-                        edit_diverged = True
-                        trace_t.append(int(t))
-                        trace_rec.append(rec_attention)
-                        trace_edit.append(edit_attention)
-                    elif edit_diverged:
-                        eps = self._cfg_epsilon(
-                            latents, t, ctx.null_embeddings[i], ctx.prompt_embeds, self._step_guidance_scale, schedule,
-                            ctx.state, EDIT,
-                        )
-                        ctx.state.start_pass(PASSTHROUGH)
-                        latents = ddim_step(latents, eps, eps, alpha_t, alpha_next)
-
-                    reconstruction_latents = ddim_step(reconstruction_latents, eps_rec, eps_rec, alpha_t, alpha_next)
-                    if not edit_diverged:
-                        latents = reconstruction_latents.clone()
-                    if inversion.method == "direct":  # PnP Inversion: both branches back onto the inverted trajectory
-                        inverted_next = inversion.latents[len(timesteps) - i - 1]
-                        reconstruction_latents, latents = direct_inversion_correction(
-                            inverted_next, reconstruction_latents, latents
-                        )
-
-                    if latent_mask is not None:  # appendix A.4: outside the mask, the reconstruction
-                        latents = latent_mask * latents + (1 - latent_mask) * reconstruction_latents
-                    elif blend_outside_attention_mask and guided[i]:
-                        auto = automatic_mask(soft_mask, attention_mask_threshold, region_components).unsqueeze(1)
-                        latents = auto * latents + (1 - auto) * reconstruction_latents
-
-                    if not torch.isfinite(latents).all():
-                        raise FloatingPointError(
-                            f"The edit latents became NaN or inf at timestep {int(t)}; lower `attention_guidance_scale`"
-                            " or run in float32."
-                        )
-                    if callback_on_step_end is not None:
-                        available = {
-                            "latents": latents,
-                            "reconstruction_latents": reconstruction_latents,
-                            "prompt_embeds": ctx.prompt_embeds,
-                        }
-                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                        latents = callback_outputs.pop("latents", latents)
-                        reconstruction_latents = callback_outputs.pop("reconstruction_latents", reconstruction_latents)
-                        if not edit_diverged and not torch.equal(latents, reconstruction_latents):
-                            edit_diverged = True
+                    step, alpha_t, alpha_next = ctx.plan[i], schedule.alpha(t), schedule.alpha_after(i)
+                    # reconstruction branch: CFG with null_t (eq. 5); records K_rec, V_rec (eq. 10) and A_{t,k}
+                    eps_rec, rec_attention, soft_mask = self._reconstruction_epsilon(ctx, branches.reconstruction, i, t)
+                    branches.record(step, soft_mask)
+                    if prefill is not None and not branches.diverged:  # MagicEraser: leave from a pre-filled image
+                        prefill.observe(soft_mask)
+                        if step.guided:
+                            branches.latents = self._content_initialized_latents(
+                                image, inversion, branches.latents, prefill.mean_map(), pixel_mask, ctx, alpha_t
+                            )
+                            branches.diverged = True
+                    if step.guided:  # lines 5-13: eq. 8/9, classifier optimisation (eq. 12), the DDIM step (eq. 3)
+                        branches.latents, edit_attention = guided_step(ctx, branches.latents, i, t, alpha_t, alpha_next)
+                        branches.diverged = True
+                        branches.record_guided(t, rec_attention, edit_attention)
+                    elif branches.diverged:  # unguided edit step, still attending to K_rec, V_rec (eq. 10)
+                        eps = edit_pass(ctx, branches.latents, i, t)
+                        branches.latents = ddim_step(branches.latents, eps, eps, alpha_t, alpha_next)
+                    branches.reconstruction = ddim_step(branches.reconstruction, eps_rec, eps_rec, alpha_t, alpha_next)
+                    if not branches.diverged:
+                        branches.latents = branches.reconstruction.clone()
+                    constrain(ctx, branches, inversion, i)  # direct inversion, mask (appendix A.4), blend
+                    self._step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, branches, ctx)
                     bar.update()
         finally:
             ctx.state.clear()
 
-        # The target's soft map at image resolution (the mask the user never drew)
-        if map_count == 0:
-            map_sum, map_count = soft_mask, 1
-        latent_map = normalize_map(map_sum / map_count).clamp(0, 1)
-        attention_maps = F.interpolate(latent_map.unsqueeze(1), size=image_size, mode="bilinear", align_corners=False)
-        attention_maps = attention_maps[:, 0].clamp(0, 1)
-
-        target_attention = None
-        if trace_t:
-            target_attention = {
-                "timesteps": torch.tensor(trace_t),
-                "reconstruction": torch.stack(trace_rec).cpu(),
-                "edit": torch.stack(trace_edit).cpu(),
-            }
-
-        if output_type == "latent":
-            images, reconstructions, nsfw = latents, reconstruction_latents, None
-        else:
-            images = self._to_image_size(self.decode_latents_to_pixels(latents), image_size)
-            reconstructions = self._to_image_size(self.decode_latents_to_pixels(reconstruction_latents), image_size)
-            if pixel_mask is not None:  # as every mask-based remover: outside the mask, the input's own pixels
-                source = self._prepare_image(image, image_size).to(images.device)
-                images = pixel_mask * images + (1 - pixel_mask) * source
-            elif keep_input_outside_attention_mask:  # not in Algorithm 1: only the target's region is decoded
-                region = automatic_mask(latent_map, attention_mask_threshold, region_components).unsqueeze(1)
-                region = F.interpolate(region, size=image_size, mode="bilinear", align_corners=False)
-                source = self._prepare_image(image, image_size).to(images.device)
-                images = region * images + (1 - region) * source
-            images, nsfw = self.run_safety_checker(images, device, ctx.prompt_embeds.dtype)
-            images = self.image_processor.postprocess(images, output_type=output_type)
-            reconstructions = self.image_processor.postprocess(reconstructions, output_type=output_type)
-            attention_maps = attention_maps if output_type == "pt" else attention_maps.cpu().numpy()
-
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, attention_maps
-        return MagicRemoverPipelineOutput(
-            images=images,
-            attention_maps=attention_maps,
-            reconstructions=reconstructions,
-            target_attention=target_attention,
-            inversion=inversion,
-            nsfw_content_detected=nsfw,
-        )
+        # 5. Decode at the input's size; the target's soft map at image resolution
+        return self._removal_output(branches, ctx, inversion, image, pixel_mask, output_type, return_dict)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -1762,7 +1218,7 @@ class MagicRemoverPipeline(
         still needs the user's explicit ``trust_remote_code=True``, as diffusers requires.
         """
         folder = Path(os.fspath(pretrained_model_name_or_path))
-        if "custom_pipeline" not in kwargs and folder.is_dir() and _carries_this_code(folder):
+        if "custom_pipeline" not in kwargs and folder.is_dir() and carries_code(folder, __file__):
             kwargs.setdefault("trust_remote_code", True)
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipeline, cls) and type(pipeline).__name__ == cls.__name__:
@@ -1840,45 +1296,10 @@ class MagicRemoverPipeline(
 #: tests and profilers do, must not change which settings a model folder may name)
 _CALL_ARGUMENTS = frozenset(inspect.signature(MagicRemoverPipeline.__call__).parameters) - {"self"}
 
-SIBLING_MODULES = ("attention_processors.py", "content_initialization.py", "images.py", "inversion.py")
-
-
-def _carries_this_code(folder: Path) -> bool:
-    here = Path(__file__).resolve().parent
-    pairs = [(folder / "pipeline.py", Path(__file__).resolve())] + [(folder / n, here / n) for n in SIBLING_MODULES]
-    return all(saved.is_file() and saved.read_bytes() == ours.read_bytes() for saved, ours in pairs)
+#: The sibling modules this file imports, directly or through each other: what travels with it as ``pipeline.py``
+SIBLING_MODULES = tuple(relative_imports(__file__))
 
 
 def write_pipeline_code(folder, class_name: str = "MagicRemoverPipeline") -> None:
-    """Copies this file as ``pipeline.py`` with its sibling modules into ``folder`` and points ``model_index.json``
-    (if there is one) at it: the layout ``custom_pipeline=`` and Hub model repos that carry their code expect."""
-    folder, here = Path(folder), Path(__file__).resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(__file__).resolve(), folder / "pipeline.py")
-    for name in SIBLING_MODULES:
-        shutil.copyfile(here / name, folder / name)
-    index = folder / "model_index.json"
-    if index.is_file():
-        config = json.loads(index.read_text())
-        config["_class_name"] = ["pipeline", class_name]
-        index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-@dataclass
-class _RemovalContext:
-    """Everything one removal call's steps need; built in ``__call__`` and dropped after it."""
-
-    state: RemovalAttentionState
-    schedule: DDIMSchedule
-    null_embeddings: torch.Tensor
-    prompt_embeds: torch.Tensor
-    token_groups: list
-    latent_size: tuple[int, int]
-    erase_lambda: float
-    attention_guidance_scale: float
-    pixel_area: float
-    energy: str
-    gradient_weighting: str
-    latent_mask: torch.Tensor | None
-    protect_groups: list = field(default_factory=list)  # per sample, the protected words' token positions
-    protect_cutoff: float | None = None  # below cutoff * the protected dominance, the target's map is 0
+    """Copies this file as ``pipeline.py`` with its sibling modules into ``folder`` (see :func:`~pipeline_code.write_code`)."""
+    write_code(folder, class_name, __file__)

@@ -21,7 +21,8 @@ from magic_remover.attention_processors import (
     word_maps,
 )
 from magic_remover.inversion import DDIMSchedule, direct_inversion_correction
-from magic_remover.pipeline_magic_remover import _RemovalContext, find_target_tokens
+from magic_remover.removal import RemovalContext, split_cfg_epsilon
+from magic_remover.tokens import find_target_tokens
 
 GUIDANCE = 30.0
 
@@ -109,18 +110,19 @@ def _edit_pass(pipe, latents, timestep, split: bool):
     pipe._guidance_scale = 7.5  # what __call__ sets; the steps read it through pipe.guidance_scale
     state = RemovalAttentionState()
     latent_size = tuple(latents.shape[-2:])
-    ctx = _RemovalContext(state=state, schedule=schedule, null_embeddings=null.unsqueeze(0).repeat(STEPS, 1, 1, 1),
-                          prompt_embeds=prompt_embeds,
-                          token_groups=[[find_target_tokens(pipe.tokenizer, PROMPT, "ball")]], latent_size=latent_size,
-                          erase_lambda=0.8, attention_guidance_scale=1.0, pixel_area=1.0, energy="paper",
-                          gradient_weighting="attention", latent_mask=None)  # fmt: skip
+    ctx = RemovalContext(state=state, schedule=schedule,
+                         epsilon=lambda z, t, embeds: pipe._unet_epsilon(z, t, embeds, schedule),
+                         guidance_scale=lambda: pipe._step_guidance_scale,
+                         null_embeddings=null.unsqueeze(0).repeat(STEPS, 1, 1, 1), prompt_embeds=prompt_embeds,
+                         token_groups=[[find_target_tokens(pipe.tokenizer, PROMPT, "ball")]], latent_size=latent_size,
+                         pixel_area=1.0)  # fmt: skip
     self_names, cross_names = attention_layer_names(pipe.unet)
     with installed_processors(pipe.unet, build_processors(pipe.unet, state, self_names, cross_names)):
         pipe._cfg_epsilon(latents, timestep, null, prompt_embeds, 7.5, schedule, state, RECONSTRUCT)
         z = (latents + 0.1 * torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))).requires_grad_()
         with torch.enable_grad():
             if split:
-                epsilon = pipe._split_cfg_epsilon(ctx, z, 0, timestep)
+                epsilon = split_cfg_epsilon(ctx, z, 0, timestep)
             else:
                 epsilon = pipe._cfg_epsilon(z, timestep, null, prompt_embeds, 7.5, schedule, state, EDIT)
                 assert state.batch == CFG_BATCH

@@ -20,7 +20,8 @@ from magic_remover.attention_processors import (
     top_fraction_mask,
 )
 from magic_remover.inversion import DDIMSchedule
-from magic_remover.pipeline_magic_remover import _RemovalContext, find_target_tokens
+from magic_remover.removal import RemovalContext, RemovalOptions, guided_pass
+from magic_remover.tokens import find_target_tokens
 
 # The tiny random UNet's cross-attention is weak, so the tests use a larger guidance scale than the paper's default
 GUIDANCE = 30.0
@@ -356,17 +357,19 @@ def _guidance_at(pipe, inversion, targets, energy="paper", gradient_weighting="a
     """The attention-guidance term ``(eps - eps_guid) / scale`` of the edit branch at the inversion's latent of
     ``step`` (cross-attention capture only, no K/V swap), and each target word's normalised map in that pass."""
     z, timestep = inversion.latents[STEPS - step], inversion.timesteps[step]
-    ctx = _RemovalContext(
-        state=_StateKeepingTheEditMaps(), schedule=DDIMSchedule.from_scheduler_config(pipe.scheduler.config, STEPS),
+    schedule = DDIMSchedule.from_scheduler_config(pipe.scheduler.config, STEPS)
+    ctx = RemovalContext(
+        state=_StateKeepingTheEditMaps(), schedule=schedule,
+        epsilon=lambda latents, t, embeds: pipe._unet_epsilon(latents, t, embeds, schedule),
+        guidance_scale=lambda: pipe._step_guidance_scale,
         null_embeddings=inversion.null_embeddings, prompt_embeds=inversion.prompt_embeds,
         token_groups=[[find_target_tokens(pipe.tokenizer, PROMPT, t) for t in targets]], latent_size=(16, 16),
-        erase_lambda=0.8, attention_guidance_scale=1.0, pixel_area=1.0, energy=energy,
-        gradient_weighting=gradient_weighting, latent_mask=None,
+        pixel_area=1.0, options=RemovalOptions(energy=energy, gradient_weighting=gradient_weighting),
     )  # fmt: skip
     pipe._guidance_scale = inversion.guidance_scale  # what __call__ sets; the steps read it from the pipeline
     _, cross_names = attention_layer_names(pipe.unet)
     with installed_processors(pipe.unet, build_processors(pipe.unet, ctx.state, [], cross_names)):
-        eps, eps_guided, _ = pipe._guided_epsilon(ctx, z, step, timestep)
+        eps, eps_guided, _ = guided_pass(ctx, z, step, timestep)
     aggregated = aggregate_cross_attention(ctx.state.edit_cross_attention, ctx.latent_size)
     words = {word: normalize_map(aggregated[:, find_target_tokens(pipe.tokenizer, PROMPT, word)[0]].sum(1))[0]
              for target in targets for word in target.split()}  # fmt: skip

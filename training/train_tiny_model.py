@@ -45,7 +45,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from magic_remover.attention_processors import _finish, _project, attention_layer_names  # noqa: E402
+from magic_remover.attention_processors import (  # noqa: E402
+    attention_layer_names,
+    finish_attention_output,
+    project_attention_inputs,
+)
 from magic_remover.scenes import (  # noqa: E402
     HELDOUT_SEED_LIMIT,
     TRAIN_SEED_OFFSET,
@@ -281,13 +285,13 @@ class GroundingCaptureProcessor:
         self.store, self.name = store, name
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        query, key, value, mask, residual, spatial = _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        query, key, value, mask, residual, spatial = project_attention_inputs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
         if mask is not None:
             scores = scores + mask
         probs = scores.softmax(dim=-1)
         self.store[self.name] = probs.mean(dim=1)
-        return _finish(attn, torch.matmul(probs, value), residual, spatial, query.dtype)
+        return finish_attention_output(attn, torch.matmul(probs, value), residual, spatial, query.dtype)
 
 
 def grounding_loss(store: dict, masks: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
