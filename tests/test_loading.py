@@ -45,7 +45,8 @@ def test_pipeline_file_defines_exactly_one_pipeline_and_imports_siblings_relativ
     # every sibling it imports travels with it (custom_pipeline, save_pretrained, the Hub repo)
     assert {n.module for n in imports if isinstance(n, ast.ImportFrom) and n.level == 1} == {
         name.removesuffix(".py") for name in SIBLING_MODULES
-    } == {"attention_processors", "content_initialization", "images", "inversion"}
+    } == {"attention_maps", "attention_processors", "content_initialization", "images", "inputs", "inversion",
+          "pipeline_code", "removal", "tokens"}
     pipelines = [c for c in tree.body if isinstance(c, ast.ClassDef) and any(
         getattr(b, "id", None) == "DiffusionPipeline" for b in c.bases)]  # fmt: skip
     assert [c.name for c in pipelines] == ["MagicRemoverPipeline"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import PROMPT, make_test_image, quick_removal
 
-import magic_remover.pipeline_magic_remover as pipeline_module
+import magic_remover.removal as removal_module  # where the automatic region is computed
 from magic_remover.attention_processors import automatic_mask, connected_components, strongest_components
 
 
@@ -52,14 +52,14 @@ def test_automatic_mask_with_one_component_drops_the_second_blob():
 def _regions(pipe, monkeypatch, **kwargs):
     """Every automatic region the call makes (the per-step blend and the final one), as the pipeline computed them."""
     made = []
-    original = pipeline_module.automatic_mask
+    original = removal_module.automatic_mask
 
     def recording(attention_map, threshold=None, components=None):
         region = original(attention_map, threshold, components)
         made.append(region.clone())
         return region
 
-    monkeypatch.setattr(pipeline_module, "automatic_mask", recording)
+    monkeypatch.setattr(removal_module, "automatic_mask", recording)
     kwargs = {"target": "ball", **kwargs}
     pipe.set_progress_bar_config(disable=True)
     pipe(image=make_test_image(), prompt=PROMPT, inversion_method="ddim", num_inference_steps=3, output_type="pt",

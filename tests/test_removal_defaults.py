@@ -12,10 +12,9 @@ def _record_calls(pipe, monkeypatch):
     """Replaces the work of a call by a record of the arguments it arrived with (after the defaults)."""
     seen = {}
 
-    def fake_check_inputs(self, image, prompt, target, mask_image, inversion, num_inference_steps, guidance_scale,
-                          erase_lambda, attention_guidance_scale, *rest):  # fmt: skip
-        seen.update(steps=num_inference_steps, guidance=guidance_scale, scale=attention_guidance_scale,
-                    erase_lambda=erase_lambda)  # fmt: skip
+    def fake_check_inputs(self, *, num_inference_steps, guidance_scale, options, **rest):
+        seen.update(steps=num_inference_steps, guidance=guidance_scale, scale=options.attention_guidance_scale,
+                    erase_lambda=options.erase_lambda)  # fmt: skip
         raise StopIteration
 
     monkeypatch.setattr(type(pipe), "check_inputs", fake_check_inputs)
