@@ -25,7 +25,7 @@ _LAZY = {
     "ddim_step": "inversion",
     "MagicRemoverPipeline": "pipeline_magic_remover",
     "MagicRemoverPipelineOutput": "pipeline_magic_remover",
-    "find_target_tokens": "pipeline_magic_remover",
+    "find_target_tokens": "tokens",
 }
 
 

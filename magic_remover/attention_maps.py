@@ -273,5 +273,6 @@ def target_maps(captured: dict[str, torch.Tensor], latent_size: tuple[int, int],
     objects = word_maps(aggregated, token_groups)
     raw = sum(product_map(words) for words in objects)
     dominance = protected_dominance(aggregated, protect_groups)
-    normalized = [protected_word_maps([normalize_map(w) for w in words], dominance, protect_cutoff) for words in objects]
+    normalized = [protected_word_maps([normalize_map(w) for w in words], dominance, protect_cutoff)
+                  for words in objects]  # fmt: skip
     return TargetMaps(normalized, raw.detach().flatten(1).mean(1), dominance)

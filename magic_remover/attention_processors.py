@@ -180,7 +180,9 @@ class SelfAttentionKVSwapProcessor(RemovalProcessor):
         mode = self.state.mode
         if mode == PASSTHROUGH:
             return self.passthrough(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        query, key, value, mask, residual, spatial = project_attention_inputs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        query, key, value, mask, residual, spatial = project_attention_inputs(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb
+        )
         if mode == RECONSTRUCT:
             self.state.self_attention_kv[self.name] = (key.detach(), value.detach())
         else:
@@ -219,7 +221,9 @@ class CrossAttentionCaptureProcessor(RemovalProcessor):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         if self.state.mode == PASSTHROUGH:
             return self.passthrough(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        query, key, value, mask, residual, spatial = project_attention_inputs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        query, key, value, mask, residual, spatial = project_attention_inputs(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb
+        )
         # Rows [0, half) are unconditional (no map needed), rows [half, end) conditional (captured)
         half = {CFG_BATCH: query.shape[0] // 2, CONDITIONAL: 0, SINGLE: 0}.get(self.state.batch, query.shape[0])
         parts = []

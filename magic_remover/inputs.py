@@ -14,6 +14,7 @@ import torch
 from diffusers.utils import logging
 
 from .images import to_rgb
+from .inversion import INVERSION_METHODS, SCALE_FREE_METHODS
 
 logger = logging.get_logger(__name__)
 
@@ -34,6 +35,18 @@ def warn_if_large(value, name: str, usual: str, limit: float) -> None:
     """A finite but absurd magnitude runs, with a warning saying what is usual."""
     if is_number(value) and abs(float(value)) > limit:
         logger.warning(f"`{name}`={value!r} is far outside the usual {usual}; expect a broken result.")
+
+
+def check_optional_fraction(value, name: str, includes_one: bool) -> None:
+    """``None``, or a finite number in ``(0, 1)`` (``(0, 1]`` with ``includes_one``)."""
+    if value is None:
+        return
+    interval = "(0, 1]" if includes_one else "(0, 1)"
+    if not is_number(value):
+        raise TypeError(f"`{name}` must be None or a number in {interval}, got {value!r}.")
+    check_finite(value, name)
+    if not (0.0 < value < 1.0 or (includes_one and value == 1.0)):
+        raise ValueError(f"`{name}` must be in {interval}, got {value}.")
 
 
 def check_timestep_range(value, name: str, num_train_timesteps: int) -> tuple[float, float]:
@@ -237,3 +250,103 @@ def check_mask_values(mask_image) -> None:
                 "Pass a greyscale mask to say exactly where removal may happen."
             )
 
+
+def check_invert_inputs(method, num_inner_steps, learning_rate, early_stop_epsilon) -> None:
+    """``invert``'s own arguments."""
+    if method not in INVERSION_METHODS:
+        raise ValueError(f"`method` must be one of {INVERSION_METHODS}, got {method!r}.")
+    if not (isinstance(num_inner_steps, int) and not isinstance(num_inner_steps, bool) and num_inner_steps >= 1):
+        raise ValueError(f"`num_inner_steps` must be a positive int, got {num_inner_steps!r}.")
+    check_finite(learning_rate, "learning_rate")
+    check_finite(early_stop_epsilon, "early_stop_epsilon")
+    if not (is_number(learning_rate) and learning_rate > 0):
+        raise ValueError(f"`learning_rate` must be a number > 0, got {learning_rate!r}.")
+    if not (is_number(early_stop_epsilon) and early_stop_epsilon >= 0):
+        raise ValueError(f"`early_stop_epsilon` must be a number >= 0, got {early_stop_epsilon!r}.")
+    warn_if_large(learning_rate, "learning_rate", "1e-3 to 1e-1 of null-text optimisation", 1.0)
+
+
+def check_common_inputs(num_inference_steps, guidance_scale, generator, num_train: int) -> None:
+    """The arguments ``invert`` and ``__call__`` share; ``num_train`` is the scheduler's training timesteps."""
+    num_train = int(num_train)
+    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool):
+        raise TypeError(f"`num_inference_steps` must be an int, got {type(num_inference_steps).__name__}.")
+    if not 1 <= num_inference_steps <= num_train:
+        raise ValueError(f"`num_inference_steps` must be between 1 and {num_train}, got {num_inference_steps}.")
+    if not is_number(guidance_scale):
+        raise TypeError(f"`guidance_scale` must be a number, got {type(guidance_scale).__name__}.")
+    check_finite(guidance_scale, "guidance_scale")
+    warn_if_large(guidance_scale, "guidance_scale", "1 to 20 of classifier-free guidance", 50.0)
+    if not guidance_scale >= 1.0:
+        raise ValueError(
+            f"`guidance_scale` must be >= 1 (classifier-free guidance w = 1 + s), got {guidance_scale}."
+        )
+    generators = generator if isinstance(generator, list) else [generator]
+    if not all(g is None or isinstance(g, torch.Generator) for g in generators):
+        raise TypeError(f"`generator` must be a torch.Generator, a list of them, or None, got {generator!r}.")
+
+
+def check_prompt(prompt, batch: int) -> list[str]:
+    """``prompt`` as one caption per image."""
+    if isinstance(prompt, str):
+        prompts = [prompt] * batch
+    elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = list(prompt)
+    else:
+        raise TypeError(f"`prompt` must be a str or a non-empty list of str, got {prompt!r}.")
+    if len(prompts) != batch:
+        raise ValueError(f"`prompt` has {len(prompts)} entries but {batch} image(s) were given.")
+    if any(not p.strip() for p in prompts):
+        raise ValueError("`prompt` must describe the image and name the target; got an empty prompt.")
+    return prompts
+
+
+def check_inversion_matches(inversion, prompts, num_inference_steps, guidance_scale, method, schedule, z0):
+    def mismatch(what, made, used):
+        raise ValueError(
+            f"`inversion` was made with {what}={made!r} but this call uses {used!r}; call with the inversion's "
+            f"settings or run `pipe.invert` again with these."
+        )
+
+    if inversion.num_inference_steps != num_inference_steps:
+        mismatch("num_inference_steps", inversion.num_inference_steps, num_inference_steps)
+    if inversion.method not in SCALE_FREE_METHODS and abs(inversion.guidance_scale - float(guidance_scale)) > 1e-6:
+        mismatch("guidance_scale", inversion.guidance_scale, guidance_scale)
+    if inversion.method != method:
+        mismatch("method (`inversion_method`)", inversion.method, method)
+    if list(inversion.prompt) != list(prompts):
+        mismatch("prompt", inversion.prompt, prompts)
+    if not torch.equal(inversion.timesteps.cpu(), schedule.timesteps.cpu()):
+        raise ValueError(
+            "`inversion` was made with other timesteps than this pipeline's scheduler config gives; "
+            "invert again with this pipeline's scheduler."
+        )
+    if z0 is not None:
+        made = inversion.latents[0].to(z0.device)
+        if made.shape != z0.shape:
+            raise ValueError(
+                f"`inversion` was made from an image of size {tuple(inversion.image_size)} (batch "
+                f"{inversion.batch_size}); this `image` does not match it."
+            )
+        if (made - z0).abs().mean() > 0.05 * z0.abs().mean() + 1e-6:
+            raise ValueError("`inversion` was made from a different image than `image`; invert this image first.")
+
+def check_inversion_text_matches(inversion, prompt_embeds, clip_skip, cross_attention_kwargs):
+    """What the inversion's embeddings and trajectory depend on besides ``_check_inversion_matches``' settings."""
+    lora_scale = float((cross_attention_kwargs or {}).get("scale", 1.0))
+    recorded = [
+        ("clip_skip", inversion.clip_skip, clip_skip),
+        ("cross_attention_kwargs['scale'] (LoRA scale)", inversion.lora_scale, lora_scale),
+    ]
+    for what, made, used in recorded:
+        if made != used:
+            raise ValueError(
+                f"`inversion` was made with {what}={made!r} but this call uses {used!r}; call with the "
+                "inversion's settings or run `pipe.invert` again with these."
+            )
+    if prompt_embeds is not None:
+        made = inversion.prompt_embeds
+        if made.shape != prompt_embeds.shape or not torch.allclose(
+            made, prompt_embeds.to(made.device, torch.float32), atol=1e-5
+        ):
+            raise ValueError("`prompt_embeds` differ from the embeddings `inversion` was made with.")

@@ -6,13 +6,7 @@ also loads through ``DiffusionPipeline.from_pretrained(..., custom_pipeline=<thi
 
 from __future__ import annotations
 
-import functools
-import inspect
-import json
 import math
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -25,7 +19,6 @@ from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import (
     USE_PEFT_BACKEND,
-    BaseOutput,
     logging,
     replace_example_docstring,
     scale_lora_layers,
@@ -42,28 +35,19 @@ else:  # transformers 5 warns when `CLIPImageProcessor` falls back to its PIL cl
     except ImportError:  # transformers 4: the PIL class is `CLIPImageProcessor` itself
         from transformers import CLIPImageProcessor
 
-from .attention_maps import blend, normalize_map
-from .attention_processors import (
-    RemovalAttentionState,
-    attention_layer_names,
-    build_processors,
-    installed_processors,
-    select_layers,
-)
+from .attention_maps import normalize_map
+from .attention_processors import installed_processors
 from .content_initialization import ContentInitialization, content_shifted_latents, telea_prefill
-from .images import is_far_beyond, trained_size
 from .inputs import (
-    check_finite,
+    check_common_inputs,
+    check_invert_inputs,
     check_mask_values,
-    grey_unit_mask,
+    check_prompt,
     image_batch_and_size,
-    image_to_pixels,
     is_number,
-    warn_if_large,
 )
 from .inversion import (
     INVERSION_METHODS,
-    SCALE_FREE_METHODS,
     DDIMSchedule,
     MagicRemoverInversion,
     ddim_inversion,
@@ -71,27 +55,32 @@ from .inversion import (
     null_text_optimization,
     to_epsilon,
 )
-from .pipeline_code import carries_code, relative_imports, write_code
+from .latent_images import LatentImageMixin
+from .model_loading import MagicRemoverLoadingMixin, read_settings, with_model_defaults
+from .pipeline_code import relative_imports, write_code
 from .removal import (
     RemovalBranches,
-    RemovalContext,
     RemovalOptions,
     cfg_epsilon,
     constrain,
     edit_pass,
     guided_step,
-    plan_steps,
-    reconstruction_pass,
 )
+from .removal_steps import RemovalStepsMixin
 from .tokens import find_target_tokens, negative_prompts, protected_token_groups
 
 # Re-exported where code written before the split imports them from
 from .attention_maps import protected_word_maps  # noqa: E402,F401
-from .removal import ENERGIES, GRADIENT_WEIGHTINGS  # noqa: E402,F401
+from .latent_images import vae_latents  # noqa: E402,F401
+from .model_loading import DEFAULTS_FILE  # noqa: E402,F401
+from .removal_steps import MagicRemoverPipelineOutput  # noqa: E402,F401
 
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+#: ``invert``'s default, and ``__call__``'s without an ``inversion``: chosen by ``benchmarks/speed.py`` (not the paper's)
+DEFAULT_INVERSION_METHOD = "negative-prompt"
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -115,101 +104,10 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-@dataclass
-class MagicRemoverPipelineOutput(BaseOutput):
-    """
-    Args:
-        images: the results, at the input image's size (PIL list, ``[B, H, W, 3]`` array or ``[B, 3, H, W]`` tensor,
-            or latents for ``output_type="latent"``).
-        attention_maps: per image, the target's soft map in ``[0, 1]`` at image resolution, ``[B, H, W]`` (array, or
-            tensor for ``"pt"``/``"latent"``): the reconstruction branch's cross-attention averaged over the guided
-            steps, i.e. the mask the user never drew.
-        reconstructions: the reconstruction branch's images, in the same format as ``images``.
-        target_attention: mean target attention per guided step and branch (``"timesteps"``, ``"reconstruction"``,
-            ``"edit"``, each ``[steps, B]``): the edit branch's falls below the reconstruction's as the object goes.
-        inversion: the inversion used; pass it back as ``inversion=`` to remove something else from the same image.
-        nsfw_content_detected: the safety checker's verdict, or ``None`` without one.
-    """
-
-    images: Any
-    attention_maps: Any
-    reconstructions: Any = None
-    target_attention: dict | None = None
-    inversion: MagicRemoverInversion | None = None
-    nsfw_content_detected: list[bool] | None = None
-
-
-DEFAULTS_FILE = "magic_remover_defaults.json"
-
-
-def read_removal_defaults(folder) -> dict:
-    """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one).
-
-    Keys are ``__call__`` argument names; an unknown key is a ``ValueError`` naming the file, so a typo never passes
-    silently. Stable Diffusion checkpoints carry no such file and keep the paper's defaults.
-    """
-    path = Path(os.fspath(folder)) / DEFAULTS_FILE
-    if not path.is_file():
-        return {}
-    settings = json.loads(path.read_text())
-    known = _CALL_ARGUMENTS
-    unknown = sorted(set(settings) - known)
-    if not isinstance(settings, dict) or unknown:
-        raise ValueError(f"{path} names settings `__call__` does not take: {unknown}; expected a subset of {sorted(known)}.")
-    return settings
-
-
-#: ``invert``'s default, and ``__call__``'s without an ``inversion``: chosen by ``benchmarks/speed.py`` (not the paper's)
-DEFAULT_INVERSION_METHOD = "negative-prompt"
-
-
-def _with_model_defaults(renamed: dict | None = None):
-    """Decorator: arguments the caller did not pass take the loaded model's tuned values (``removal_defaults``).
-
-    An explicit argument always wins; ``renamed`` maps a settings key to this method's own name for it (``invert``
-    calls the inversion method ``method``). During the call ``self._defaults_filled`` names the arguments filled in,
-    so a warning meant for a user's own argument ("it has no effect here") is not raised for a model's setting.
-    """
-    renamed = renamed or {}
-
-    def decorate(method):
-        signature = inspect.signature(method)
-
-        @functools.wraps(method)
-        def wrapper(self, *args, **kwargs):
-            defaults = getattr(self, "_removal_defaults", None)
-            filled = []
-            if defaults:
-                passed = signature.bind_partial(self, *args, **kwargs).arguments
-                for key, value in defaults.items():
-                    name = renamed.get(key, key)
-                    if name in signature.parameters and name not in passed:
-                        kwargs[name] = value
-                        filled.append(name)
-            previous = getattr(self, "_defaults_filled", frozenset())
-            self._defaults_filled = frozenset(filled)
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                self._defaults_filled = previous
-
-        return wrapper
-
-    return decorate
-
-
-def vae_latents(encoder_output) -> torch.Tensor:
-    """The deterministic latent of a VAE encoding: the posterior's mode, or ``.latents`` where the VAE has no
-    distribution (``AutoencoderTiny``). diffusers' img2img ``retrieve_latents`` with ``sample_mode="argmax"`` does the
-    same; importing it loads the whole Stable Diffusion pipeline package (and transformers' image-processor notices)."""
-    if hasattr(encoder_output, "latent_dist"):
-        return encoder_output.latent_dist.mode()
-    if hasattr(encoder_output, "latents"):
-        return encoder_output.latents
-    raise AttributeError("The VAE's encode() output has neither `latent_dist` nor `latents`.")
-
-
 class MagicRemoverPipeline(
+    MagicRemoverLoadingMixin,
+    RemovalStepsMixin,
+    LatentImageMixin,
     DiffusionPipeline,
     StableDiffusionMixin,
     TextualInversionLoaderMixin,
@@ -268,24 +166,6 @@ class MagicRemoverPipeline(
     # ------------------------------------------------------------------------------------------------------------
     # Building blocks
     # ------------------------------------------------------------------------------------------------------------
-
-    @property
-    def removal_defaults(self) -> dict:
-        """The call settings used for every argument a call leaves out: those the model folder ships in
-        ``magic_remover_defaults.json`` (read by ``from_pretrained``; the embedded model's were tuned by
-        ``benchmarks/tune_embedded.py``), else ``{}`` (the paper's defaults, as for Stable Diffusion checkpoints).
-        An explicit argument always wins. Assign a dict to change them, ``{}`` to use the paper's."""
-        return dict(getattr(self, "_removal_defaults", {}) or {})
-
-    @removal_defaults.setter
-    def removal_defaults(self, settings: dict) -> None:
-        if not isinstance(settings, dict):
-            raise TypeError(f"`removal_defaults` must be a dict of `__call__` arguments, got {type(settings).__name__}.")
-        known = _CALL_ARGUMENTS
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(f"`removal_defaults` names settings `__call__` does not take: {unknown}.")
-        self._removal_defaults = dict(settings)
 
     @property
     def num_timesteps(self):
@@ -392,29 +272,6 @@ class MagicRemoverPipeline(
         model = getattr(self.text_encoder, "text_model", self.text_encoder)  # transformers 4 wraps it, 5 does not
         return model.final_layer_norm(hidden)
 
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Algorithm 1, line 1: ``z_0 = E(x_0)``, deterministic as inversion wants.
-
-        Any VAE diffusers pairs with Stable Diffusion: the posterior's mode where the encoder gives a distribution
-        (``AutoencoderKL``, ``AsymmetricAutoencoderKL``, ``ConsistencyDecoderVAE``), its ``.latents`` where it gives
-        none (``AutoencoderTiny``); the choice is :func:`vae_latents`, as diffusers' img2img pipelines make it.
-        """
-        image = image.to(device=self._execution_device, dtype=self.vae.dtype)
-        latents = vae_latents(self.vae.encode(image)).float()
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
-
-    def decode_latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        latents = latents / self.vae.config.scaling_factor + shift
-        image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
-        if not torch.isfinite(image).all():
-            raise FloatingPointError(
-                "The VAE decoded NaN or inf values; in float16 use a float32 VAE (e.g. `pipe.vae.to(torch.float32)`) "
-                "or an fp16-safe VAE."
-            )
-        return image
-
     def _unet_epsilon(self, latents: torch.Tensor, timestep, embeds: torch.Tensor, schedule: DDIMSchedule):
         """One UNet call, its output converted to epsilon in float32 (any prediction type, any UNet dtype)."""
         output = self.unet(
@@ -428,73 +285,11 @@ class MagicRemoverPipeline(
         epsilon = lambda z, t, embeds: self._unet_epsilon(z, t, embeds, schedule)  # noqa: E731
         return cfg_epsilon(epsilon, latents, timestep, null_embeds, prompt_embeds, guidance_scale, state, mode)
 
-    def _is_latent_image(self, image) -> bool:
-        """As in img2img pipelines: a tensor with the VAE's latent channel count (4 for SD) given as ``image`` is
-        taken as scaled latents ``z_0`` (e.g. an earlier ``output_type="latent"`` result) and not encoded again."""
-        first = image[0] if isinstance(image, list) and image else image
-        channels = int(getattr(self.vae.config, "latent_channels", 4)) if getattr(self, "vae", None) else 4
-        return (
-            isinstance(first, torch.Tensor) and first.ndim in (3, 4) and first.shape[-3] == channels
-            and channels not in (1, 3)
-        )  # fmt: skip
-
-    def _image_batch_and_size(self, image) -> tuple[int, tuple[int, int]]:
-        """``(batch, (height, width))`` of ``image`` in pixels (latents count at ``vae_scale_factor`` times their size)."""
-        batch, (height, width) = image_batch_and_size(image, "image")
-        if self._is_latent_image(image):
-            return batch, (height * self.vae_scale_factor, width * self.vae_scale_factor)
-        return batch, (height, width)
-
-    def _check_image(self, image) -> tuple[int, tuple[int, int]]:
-        """Every check on ``image`` that needs no model: form, channels, value range, finiteness, size."""
-        batch, (height, width) = self._image_batch_and_size(image)
-        if self._is_latent_image(image):
-            latents = torch.cat(image) if isinstance(image, list) else image
-            if not latents.is_floating_point() or not torch.isfinite(latents).all():
-                raise ValueError("`image` given as latents must be a float tensor of finite values.")
-        else:
-            image_to_pixels(image, "image")
-            if min(height, width) < self.vae_scale_factor:
-                raise ValueError(
-                    f"`image` is {height}x{width}; the autoencoder needs at least {self.vae_scale_factor} pixels a side."
-                )
-        trained = trained_size(self)
-        if is_far_beyond(height, width, trained):
-            logger.warning(
-                f"`image` is {height}x{width}, far beyond the {trained}x{trained} this model was trained at: it will "
-                "be slow, use much memory, and the model may not handle it well. Downscale it first (the command line's "
-                "`--max-size` does this)."
-            )
-        return batch, (height, width)
-
-    def _prepare_image(self, image, processing_size=None) -> torch.Tensor:
-        """``image`` as ``[B, 3, h, w]`` in [-1, 1] at ``processing_size`` (default: the size rounded down to a
-        multiple of ``vae_scale_factor``), resized with antialiased bicubic interpolation."""
-        pixels = image_to_pixels(image, "image")
-        height, width = pixels.shape[-2:]
-        factor = self.vae_scale_factor
-        size = tuple(processing_size) if processing_size else (height - height % factor, width - width % factor)
-        if tuple(pixels.shape[-2:]) != size:
-            pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
-        return pixels
-
-    def image_latents(self, image, processing_size=None) -> torch.Tensor:
-        """Algorithm 1, line 1 for any ``image`` form: the encoded image, or ``image`` itself when it is latents."""
-        if self._is_latent_image(image):
-            latents = torch.cat(image) if isinstance(image, list) else image
-            latents = latents[None] if latents.ndim == 3 else latents
-            if processing_size is not None and tuple(latents.shape[-2:]) != tuple(
-                s // self.vae_scale_factor for s in processing_size
-            ):
-                raise ValueError(f"`image` latents of size {tuple(latents.shape[-2:])} do not match the inversion's.")
-            return latents.detach().float().to(self._execution_device)
-        return self.encode_image(self._prepare_image(image, processing_size))
-
     # ------------------------------------------------------------------------------------------------------------
     # Inversion (Algorithm 1, lines 1-3)
     # ------------------------------------------------------------------------------------------------------------
 
-    @_with_model_defaults(renamed={"inversion_method": "method"})
+    @with_model_defaults(renamed={"inversion_method": "method"})
     @torch.no_grad()
     def invert(
         self,
@@ -541,12 +336,12 @@ class MagicRemoverPipeline(
                 loaded LoRA layers of the UNet and the text encoder. The scale is recorded in the inversion.
         """
         self._check_text_inputs(prompt, prompt_embeds, clip_skip, cross_attention_kwargs)
-        self._check_invert_inputs(method, num_inner_steps, learning_rate, early_stop_epsilon)
-        self._check_common_inputs(num_inference_steps, guidance_scale, generator)
+        check_invert_inputs(method, num_inner_steps, learning_rate, early_stop_epsilon)
+        check_common_inputs(num_inference_steps, guidance_scale, generator, self.scheduler.config.num_train_timesteps)
         if image is None:
             raise ValueError("`image` is required to invert.")
         batch, image_size = self._check_image(image)
-        prompts = self._check_prompt(prompt, batch)
+        prompts = check_prompt(prompt, batch)
         if prompt_embeds is not None and prompt_embeds.shape[0] != batch:
             raise ValueError(
                 f"`prompt_embeds` has a batch of {prompt_embeds.shape[0]} but {batch} image(s) were given."
@@ -607,50 +402,6 @@ class MagicRemoverPipeline(
     # ------------------------------------------------------------------------------------------------------------
     # Input checks
     # ------------------------------------------------------------------------------------------------------------
-
-    def _check_invert_inputs(self, method, num_inner_steps, learning_rate, early_stop_epsilon):
-        if method not in INVERSION_METHODS:
-            raise ValueError(f"`method` must be one of {INVERSION_METHODS}, got {method!r}.")
-        if not (isinstance(num_inner_steps, int) and not isinstance(num_inner_steps, bool) and num_inner_steps >= 1):
-            raise ValueError(f"`num_inner_steps` must be a positive int, got {num_inner_steps!r}.")
-        check_finite(learning_rate, "learning_rate")
-        check_finite(early_stop_epsilon, "early_stop_epsilon")
-        if not (is_number(learning_rate) and learning_rate > 0):
-            raise ValueError(f"`learning_rate` must be a number > 0, got {learning_rate!r}.")
-        if not (is_number(early_stop_epsilon) and early_stop_epsilon >= 0):
-            raise ValueError(f"`early_stop_epsilon` must be a number >= 0, got {early_stop_epsilon!r}.")
-        warn_if_large(learning_rate, "learning_rate", "1e-3 to 1e-1 of null-text optimisation", 1.0)
-
-    def _check_common_inputs(self, num_inference_steps, guidance_scale, generator):
-        num_train = int(self.scheduler.config.num_train_timesteps)
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool):
-            raise TypeError(f"`num_inference_steps` must be an int, got {type(num_inference_steps).__name__}.")
-        if not 1 <= num_inference_steps <= num_train:
-            raise ValueError(f"`num_inference_steps` must be between 1 and {num_train}, got {num_inference_steps}.")
-        if not is_number(guidance_scale):
-            raise TypeError(f"`guidance_scale` must be a number, got {type(guidance_scale).__name__}.")
-        check_finite(guidance_scale, "guidance_scale")
-        warn_if_large(guidance_scale, "guidance_scale", "1 to 20 of classifier-free guidance", 50.0)
-        if not guidance_scale >= 1.0:
-            raise ValueError(
-                f"`guidance_scale` must be >= 1 (classifier-free guidance w = 1 + s), got {guidance_scale}."
-            )
-        generators = generator if isinstance(generator, list) else [generator]
-        if not all(g is None or isinstance(g, torch.Generator) for g in generators):
-            raise TypeError(f"`generator` must be a torch.Generator, a list of them, or None, got {generator!r}.")
-
-    def _check_prompt(self, prompt, batch: int) -> list[str]:
-        if isinstance(prompt, str):
-            prompts = [prompt] * batch
-        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-            prompts = list(prompt)
-        else:
-            raise TypeError(f"`prompt` must be a str or a non-empty list of str, got {prompt!r}.")
-        if len(prompts) != batch:
-            raise ValueError(f"`prompt` has {len(prompts)} entries but {batch} image(s) were given.")
-        if any(not p.strip() for p in prompts):
-            raise ValueError("`prompt` must describe the image and name the target; got an empty prompt.")
-        return prompts
 
     def _check_text_inputs(self, prompt, prompt_embeds, clip_skip, cross_attention_kwargs, num_images_per_prompt=1,
                            inversion=None):  # fmt: skip
@@ -715,7 +466,7 @@ class MagicRemoverPipeline(
         options: RemovalOptions,
     ) -> list[str]:
         """Every check of a removal call that needs no model pass; returns the targets as a list."""
-        self._check_common_inputs(num_inference_steps, guidance_scale, generator)
+        check_common_inputs(num_inference_steps, guidance_scale, generator, self.scheduler.config.num_train_timesteps)
         if image is None and inversion is None:
             raise ValueError("Pass `image` (to invert) or `inversion` (from `pipe.invert`).")
         if inversion is not None and not isinstance(inversion, MagicRemoverInversion):
@@ -757,7 +508,7 @@ class MagicRemoverPipeline(
             )
         if mask_image is not None:
             self._check_mask(mask_image, image, inversion, output_type)
-        prompts = self._check_prompt(prompt if prompt is not None else inversion.prompt, batch)
+        prompts = check_prompt(prompt if prompt is not None else inversion.prompt, batch)
         for text in prompts:  # looked up before any model pass: a typo must not cost an inversion
             for target in targets:
                 find_target_tokens(self.tokenizer, text, target)
@@ -793,123 +544,9 @@ class MagicRemoverPipeline(
             )
         check_mask_values(mask_image)
 
-    def _check_inversion_matches(self, inversion, prompts, num_inference_steps, guidance_scale, method, schedule, z0):
-        def mismatch(what, made, used):
-            raise ValueError(
-                f"`inversion` was made with {what}={made!r} but this call uses {used!r}; call with the inversion's "
-                f"settings or run `pipe.invert` again with these."
-            )
-
-        if inversion.num_inference_steps != num_inference_steps:
-            mismatch("num_inference_steps", inversion.num_inference_steps, num_inference_steps)
-        if inversion.method not in SCALE_FREE_METHODS and abs(inversion.guidance_scale - float(guidance_scale)) > 1e-6:
-            mismatch("guidance_scale", inversion.guidance_scale, guidance_scale)
-        if inversion.method != method:
-            mismatch("method (`inversion_method`)", inversion.method, method)
-        if list(inversion.prompt) != list(prompts):
-            mismatch("prompt", inversion.prompt, prompts)
-        if not torch.equal(inversion.timesteps.cpu(), schedule.timesteps.cpu()):
-            raise ValueError(
-                "`inversion` was made with other timesteps than this pipeline's scheduler config gives; "
-                "invert again with this pipeline's scheduler."
-            )
-        if z0 is not None:
-            made = inversion.latents[0].to(z0.device)
-            if made.shape != z0.shape:
-                raise ValueError(
-                    f"`inversion` was made from an image of size {tuple(inversion.image_size)} (batch "
-                    f"{inversion.batch_size}); this `image` does not match it."
-                )
-            if (made - z0).abs().mean() > 0.05 * z0.abs().mean() + 1e-6:
-                raise ValueError("`inversion` was made from a different image than `image`; invert this image first.")
-
-    def _check_inversion_text_matches(self, inversion, prompt_embeds, clip_skip, cross_attention_kwargs):
-        """What the inversion's embeddings and trajectory depend on besides ``_check_inversion_matches``' settings."""
-        lora_scale = float((cross_attention_kwargs or {}).get("scale", 1.0))
-        recorded = [
-            ("clip_skip", inversion.clip_skip, clip_skip),
-            ("cross_attention_kwargs['scale'] (LoRA scale)", inversion.lora_scale, lora_scale),
-        ]
-        for what, made, used in recorded:
-            if made != used:
-                raise ValueError(
-                    f"`inversion` was made with {what}={made!r} but this call uses {used!r}; call with the "
-                    "inversion's settings or run `pipe.invert` again with these."
-                )
-        if prompt_embeds is not None:
-            made = inversion.prompt_embeds
-            if made.shape != prompt_embeds.shape or not torch.allclose(
-                made, prompt_embeds.to(made.device, torch.float32), atol=1e-5
-            ):
-                raise ValueError("`prompt_embeds` differ from the embeddings `inversion` was made with.")
-
     # ------------------------------------------------------------------------------------------------------------
-    # The attention guidance (eq. 7-9, 13)
+    # The removal's steps (Algorithm 1; the passes themselves are `removal.py`'s)
     # ------------------------------------------------------------------------------------------------------------
-
-    def _reconstruction_epsilon(self, ctx: RemovalContext, latents, step_index, timestep):
-        """The reconstruction branch's pass (:func:`~removal.reconstruction_pass`): ``(eps, attention, soft map)``."""
-        return reconstruction_pass(ctx, latents, step_index, timestep)
-
-    def _inversion_for_call(self, image, prompt, inversion, method, schedule, guidance_scale, generator, prompt_embeds,
-                            clip_skip, cross_attention_kwargs) -> MagicRemoverInversion:  # fmt: skip
-        """Lines 1-3 of Algorithm 1 for this call, or the given ``inversion`` once checked against it."""
-        num_inference_steps = len(schedule.timesteps)
-        if inversion is None:
-            inversion = self.invert(image, prompt, num_inference_steps, guidance_scale, method, generator,
-                                    prompt_embeds=prompt_embeds, clip_skip=clip_skip,
-                                    cross_attention_kwargs=cross_attention_kwargs)  # fmt: skip
-            return inversion.to(self._execution_device)
-        batch, size = self._image_batch_and_size(image) if image is not None else (inversion.batch_size, None)
-        if size is not None and (tuple(size) != tuple(inversion.image_size) or batch != inversion.batch_size):
-            raise ValueError(
-                f"`inversion` was made from {inversion.batch_size} image(s) of size {tuple(inversion.image_size)}; "
-                f"this `image` ({batch} of size {tuple(size)}) does not match it."
-            )
-        prompts = self._check_prompt(prompt if prompt is not None else inversion.prompt, batch)
-        z0 = None if image is None else self.image_latents(image, tuple(inversion.processing_size))
-        self._check_inversion_matches(inversion, prompts, num_inference_steps, guidance_scale, method, schedule, z0)
-        self._check_inversion_text_matches(inversion, prompt_embeds, clip_skip, cross_attention_kwargs)
-        return inversion.to(self._execution_device)
-
-    def _pixel_mask(self, mask_image, inversion) -> torch.Tensor | None:
-        """The user's mask as ``[B, 1, H, W]`` in [0, 1] at the image's size (``None`` without one)."""
-        if mask_image is None:
-            return None
-        height, width = inversion.image_size
-        pixel_mask = self.mask_processor.preprocess(grey_unit_mask(mask_image), height=height, width=width)
-        return pixel_mask.float().to(self._execution_device).expand(inversion.batch_size, -1, -1, -1)
-
-    def _removal_context(self, inversion, schedule, targets, options, pixel_mask) -> RemovalContext:
-        """This call's context: the UNet as the steps call it, the target and protected words' tokens (eq. 9, ours),
-        the per-step plan and the user's mask at latent size."""
-        prompts = self._prompts(list(inversion.prompt))
-        latent_size = tuple(inversion.latents.shape[-2:])
-        latent_mask = None
-        if pixel_mask is not None:
-            latent_mask = F.interpolate(pixel_mask, size=latent_size, mode="bilinear", align_corners=False)
-        return RemovalContext(
-            state=RemovalAttentionState(),
-            schedule=schedule,
-            epsilon=lambda latents, t, embeds: self._unet_epsilon(latents, t, embeds, schedule),
-            guidance_scale=lambda: self._step_guidance_scale,
-            null_embeddings=inversion.null_embeddings,
-            prompt_embeds=inversion.prompt_embeds,
-            token_groups=[[find_target_tokens(self.tokenizer, p, t) for t in targets] for p in prompts],
-            protect_groups=[protected_token_groups(self.tokenizer, p, targets, options.protected_words) for p in prompts],
-            latent_size=latent_size,
-            pixel_area=float(self.vae_scale_factor**2),
-            options=options,
-            plan=plan_steps(schedule.timesteps, options),
-            latent_mask=latent_mask,
-        )
-
-    def _removal_processors(self, state: RemovalAttentionState, options: RemovalOptions) -> dict:
-        """Eq. 10's K/V swap on the self-attention layers (unless ``self_attention_guidance=False``) and the capture of
-        ``A_{t,k}`` on the cross-attention layers ``attention_layers`` picks: nowhere else."""
-        self_names, cross_names = attention_layer_names(self.unet)
-        cross_names = select_layers(cross_names, options.attention_layers, "attention_layers")
-        return build_processors(self.unet, state, self_names if options.self_attention_guidance else [], cross_names)
 
     def _content_initialized_latents(self, image, inversion, latents, target_map, pixel_mask, ctx, alpha_t):
         """``latents`` (z_t of the reconstruction) moved onto the pre-filled input inside the target's region
@@ -931,57 +568,11 @@ class MagicRemoverPipeline(
         z0_filled = self.encode_image(filled.to(self.vae.dtype))
         return content_shifted_latents(latents, z0, z0_filled.float(), region.to(latents.dtype), alpha_t)
 
-    def _step_end(self, callback, tensor_names, step_index, timestep, branches: RemovalBranches, ctx) -> None:
-        """diffusers' ``callback_on_step_end``: it may replace either branch's latents."""
-        if callback is None:
-            return
-        available = {"latents": branches.latents, "reconstruction_latents": branches.reconstruction,
-                     "prompt_embeds": ctx.prompt_embeds}  # fmt: skip
-        outputs = callback(self, step_index, timestep, {k: available[k] for k in tensor_names}) or {}
-        branches.latents = outputs.pop("latents", branches.latents)
-        branches.reconstruction = outputs.pop("reconstruction_latents", branches.reconstruction)
-        if not branches.diverged and not torch.equal(branches.latents, branches.reconstruction):
-            branches.diverged = True
-
-    def _removal_output(self, branches: RemovalBranches, ctx, inversion, image, pixel_mask, output_type, return_dict):
-        """Decoded results at the input's size, the input's own pixels outside the user's mask or (with
-        ``keep_input_outside_attention_mask``) the automatic region, and the target's map at image resolution."""
-        image_size = tuple(inversion.image_size)
-        latent_map = normalize_map(branches.mean_map()).clamp(0, 1)
-        attention_maps = F.interpolate(latent_map.unsqueeze(1), size=image_size, mode="bilinear", align_corners=False)
-        attention_maps = attention_maps[:, 0].clamp(0, 1)
-        if output_type == "latent":
-            images, reconstructions, nsfw = branches.latents, branches.reconstruction, None
-        else:
-            images = self._to_image_size(self.decode_latents_to_pixels(branches.latents), image_size)
-            reconstructions = self._to_image_size(self.decode_latents_to_pixels(branches.reconstruction), image_size)
-            region = pixel_mask  # as every mask-based remover: outside the mask, the input's own pixels
-            if region is None and ctx.options.keep_input_outside_attention_mask:  # ours: only the target is decoded
-                region = ctx.automatic_region(latent_map).unsqueeze(1)
-                region = F.interpolate(region, size=image_size, mode="bilinear", align_corners=False)
-            if region is not None:
-                images = blend(region, images, self._prepare_image(image, image_size).to(images.device))
-            images, nsfw = self.run_safety_checker(images, self._execution_device, ctx.prompt_embeds.dtype)
-            images = self.image_processor.postprocess(images, output_type=output_type)
-            reconstructions = self.image_processor.postprocess(reconstructions, output_type=output_type)
-            attention_maps = attention_maps if output_type == "pt" else attention_maps.cpu().numpy()
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, attention_maps
-        return MagicRemoverPipelineOutput(
-            images=images,
-            attention_maps=attention_maps,
-            reconstructions=reconstructions,
-            target_attention=branches.target_attention(),
-            inversion=inversion,
-            nsfw_content_detected=nsfw,
-        )
-
     # ------------------------------------------------------------------------------------------------------------
     # Algorithm 1
     # ------------------------------------------------------------------------------------------------------------
 
-    @_with_model_defaults()
+    @with_model_defaults()
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
@@ -1209,78 +800,6 @@ class MagicRemoverPipeline(
         # 5. Decode at the input's size; the target's soft map at image resolution
         return self._removal_output(branches, ctx, inversion, image, pixel_mask, output_type, return_dict)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """``DiffusionPipeline.from_pretrained``, returning this class.
-
-        A folder written by :meth:`save_pretrained` carries ``pipeline.py``. When that code is byte-identical to this
-        installation's there is nothing foreign to trust, so it loads without ``trust_remote_code``; any other code
-        still needs the user's explicit ``trust_remote_code=True``, as diffusers requires.
-        """
-        folder = Path(os.fspath(pretrained_model_name_or_path))
-        if "custom_pipeline" not in kwargs and folder.is_dir() and carries_code(folder, __file__):
-            kwargs.setdefault("trust_remote_code", True)
-        pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if not isinstance(pipeline, cls) and type(pipeline).__name__ == cls.__name__:
-            pipeline = cls(**pipeline.components)
-        if folder.is_dir():  # the model's tuned settings, used for every argument a call leaves out
-            pipeline._removal_defaults = read_removal_defaults(folder)
-        return pipeline
-
-    @classmethod
-    def from_pipe(cls, pipeline, **kwargs):
-        """``DiffusionPipeline.from_pipe`` that leaves the source pipeline's components as they are.
-
-        diffusers' ``from_pipe`` ends with ``new_pipeline.to(dtype=dtype or torch.float32)`` on the components it
-        shares, casting the *source* pipeline in place (a float16 pipeline becomes float32). Without ``dtype`` (or
-        ``torch_dtype``) this override keeps every shared component's own dtype; asking for a dtype still casts the
-        shared components, as in diffusers.
-        """
-        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
-            kwargs.pop("dtype", None)
-            kwargs.pop("torch_dtype", None)
-            modules = {name: c for name, c in pipeline.components.items() if isinstance(c, torch.nn.Module)}
-            dtypes = {name: next(m.parameters()).dtype for name, m in modules.items() if any(True for _ in m.parameters())}
-            main = dtypes.get("unet") or next(iter(dtypes.values()), torch.float32)
-            from diffusers.pipelines import pipeline_utils
-
-            kwargs["dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"] = main
-            new_pipeline = super().from_pipe(pipeline, **kwargs)
-            for name, dtype in dtypes.items():
-                if dtype != main:  # a component the single-dtype cast changed: put it back
-                    modules[name].to(dtype=dtype)
-            return new_pipeline
-        return super().from_pipe(pipeline, **kwargs)
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
-        """Saves the components as ``StableDiffusionPipeline`` does, plus this pipeline's code.
-
-        The folder gets ``pipeline.py`` and its sibling modules, and ``model_index.json`` names
-        ``["pipeline", "MagicRemoverPipeline"]``, so ``DiffusionPipeline.from_pretrained(folder,
-        trust_remote_code=True)`` comes back as this pipeline without the package installed. With ``push_to_hub``,
-        the code is uploaded together with the weights.
-        """
-        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "private", "token", "commit_message") if key in kwargs}
-        super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
-        write_pipeline_code(save_directory, type(self).__name__)
-        if self.removal_defaults:  # the tuned settings travel with the weights
-            (Path(save_directory) / DEFAULTS_FILE).write_text(json.dumps(self.removal_defaults, indent=2) + "\n")
-        if push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            repo_id = hub_kwargs.get("repo_id") or Path(save_directory).name
-            token = hub_kwargs.get("token")
-            repo_id = create_repo(repo_id, exist_ok=True, private=hub_kwargs.get("private"), token=token).repo_id
-            upload_folder(repo_id=repo_id, folder_path=save_directory, token=token,
-                          commit_message=hub_kwargs.get("commit_message", "Upload MagicRemoverPipeline"))  # fmt: skip
-
-    def _to_image_size(self, pixels: torch.Tensor, image_size) -> torch.Tensor:
-        if tuple(pixels.shape[-2:]) == tuple(image_size):
-            return pixels
-        return F.interpolate(pixels, size=tuple(image_size), mode="bicubic", align_corners=False, antialias=True).clamp(
-            -1, 1
-        )
-
     def run_safety_checker(self, image, device, dtype):
         if self.safety_checker is None:
             return image, None
@@ -1292,9 +811,11 @@ class MagicRemoverPipeline(
         return checked * 2 - 1, has_nsfw
 
 
-#: The arguments a removal call takes, read once from the signature (a wrapper patched onto ``__call__`` later, as
-#: tests and profilers do, must not change which settings a model folder may name)
-_CALL_ARGUMENTS = frozenset(inspect.signature(MagicRemoverPipeline.__call__).parameters) - {"self"}
+def read_removal_defaults(folder) -> dict:
+    """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one); see
+    :func:`~model_loading.read_settings`."""
+    return read_settings(folder, MagicRemoverPipeline.call_arguments())
+
 
 #: The sibling modules this file imports, directly or through each other: what travels with it as ``pipeline.py``
 SIBLING_MODULES = tuple(relative_imports(__file__))

@@ -36,7 +36,7 @@ from .attention_processors import (
     RemovalAttentionState,
 )
 from .content_initialization import check_content_initialization
-from .inputs import check_finite, check_timestep_range, is_number, warn_if_large
+from .inputs import check_finite, check_optional_fraction, check_timestep_range, is_number, warn_if_large
 from .inversion import (
     DDIMSchedule,
     classifier_free_guidance,
@@ -110,13 +110,7 @@ class RemovalOptions:
         for name in ("blend_outside_attention_mask", "keep_input_outside_attention_mask"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
-        threshold = self.attention_mask_threshold
-        if threshold is not None:
-            if not is_number(threshold):
-                raise TypeError(f"`attention_mask_threshold` must be None or a number in (0, 1), got {threshold!r}.")
-            check_finite(threshold, "attention_mask_threshold")
-            if not 0.0 < threshold < 1.0:
-                raise ValueError(f"`attention_mask_threshold` must be in (0, 1), got {threshold}.")
+        check_optional_fraction(self.attention_mask_threshold, "attention_mask_threshold", includes_one=False)
         components = self.attention_mask_components
         if components is not None and (isinstance(components, bool) or not isinstance(components, int) or components < 1):
             raise ValueError(f"`attention_mask_components` must be None or an int >= 1, got {components!r}.")
@@ -131,13 +125,7 @@ class RemovalOptions:
             words = self.protected_words
             if not (isinstance(words, (list, tuple)) and all(isinstance(w, str) and w.strip() for w in words)):
                 raise TypeError(f"`protect` must be None, a word of the prompt (str) or a list of them, got {self.protect!r}.")
-        cutoff = self.protect_cutoff
-        if cutoff is not None:
-            if not is_number(cutoff):
-                raise TypeError(f"`protect_cutoff` must be None or a number in (0, 1], got {cutoff!r}.")
-            check_finite(cutoff, "protect_cutoff")
-            if not 0.0 < cutoff <= 1.0:
-                raise ValueError(f"`protect_cutoff` must be in (0, 1], got {cutoff}.")
+        check_optional_fraction(self.protect_cutoff, "protect_cutoff", includes_one=True)
 
     @property
     def protected_words(self):
