@@ -30,10 +30,31 @@ def read_settings(folder, known: frozenset) -> dict:
     if not path.is_file():
         return {}
     settings = json.loads(path.read_text())
-    unknown = sorted(set(settings) - known)
-    if not isinstance(settings, dict) or unknown:
-        raise ValueError(f"{path} names settings `__call__` does not take: {unknown}; expected a subset of {sorted(known)}.")
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} must hold a JSON object of `__call__` arguments, got {type(settings).__name__}.")
+    check_settings(settings, known, str(path))
     return settings
+
+
+#: ``__call__`` arguments that are a call's own data or output form, never a model's tuned setting
+PER_CALL_ARGUMENTS = frozenset({
+    "image", "prompt", "target", "mask_image", "inversion", "generator", "prompt_embeds", "output_type", "return_dict",
+    "callback_on_step_end", "callback_on_step_end_tensor_inputs",
+})  # fmt: skip
+
+
+def check_settings(settings: dict, known: frozenset, where: str) -> None:
+    """A model's settings name only ``__call__`` arguments (a typo never passes silently), and none of a call's own
+    data or output form (``PER_CALL_ARGUMENTS``: a default ``output_type`` would break every caller)."""
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{where} names settings `__call__` does not take: {unknown}; expected a subset of {sorted(known)}.")
+    per_call = sorted(set(settings) & PER_CALL_ARGUMENTS)
+    if per_call:
+        raise ValueError(
+            f"{where} sets `{per_call[0]}`, which belongs to each call, not to a model: remove it "
+            f"({', '.join(sorted(PER_CALL_ARGUMENTS))} cannot be a model's defaults)."
+        )
 
 
 def with_model_defaults(renamed: dict | None = None):
@@ -99,10 +120,7 @@ class MagicRemoverLoadingMixin:
     def removal_defaults(self, settings: dict) -> None:
         if not isinstance(settings, dict):
             raise TypeError(f"`removal_defaults` must be a dict of `__call__` arguments, got {type(settings).__name__}.")
-        known = self.call_arguments()
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(f"`removal_defaults` names settings `__call__` does not take: {unknown}.")
+        check_settings(settings, self.call_arguments(), "`removal_defaults`")
         self._removal_defaults = dict(settings)
 
     @classmethod

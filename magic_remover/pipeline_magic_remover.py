@@ -66,8 +66,8 @@ from .removal import (
     edit_pass,
     guided_step,
 )
-from .removal_steps import RemovalStepsMixin
-from .tokens import find_target_tokens, negative_prompts, protected_token_groups
+from .removal_steps import RemovalStepsMixin, one_call_at_a_time
+from .tokens import check_distinct_targets, find_target_tokens, negative_prompts, protected_token_groups
 
 # Re-exported where code written before the split imports them from
 from .attention_maps import protected_word_maps  # noqa: E402,F401
@@ -289,6 +289,7 @@ class MagicRemoverPipeline(
     # Inversion (Algorithm 1, lines 1-3)
     # ------------------------------------------------------------------------------------------------------------
 
+    @one_call_at_a_time
     @with_model_defaults(renamed={"inversion_method": "method"})
     @torch.no_grad()
     def invert(
@@ -477,7 +478,9 @@ class MagicRemoverPipeline(
         targets = [target] if isinstance(target, str) else target
         if not (isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) for t in targets)):
             raise TypeError(f"`target` must be a word or phrase of the prompt (str) or a non-empty list of them, got {target!r}.")
+        check_distinct_targets(targets)
         options.check(int(self.scheduler.config.num_train_timesteps))
+        options.check_some_step_is_guided(DDIMSchedule.from_scheduler_config(self.scheduler.config, num_inference_steps))
         if inversion_method not in INVERSION_METHODS:
             raise ValueError(f"`inversion_method` must be one of {INVERSION_METHODS}, got {inversion_method!r}.")
         self._warn_about_options_without_effect(options, mask_image is not None)
@@ -572,6 +575,7 @@ class MagicRemoverPipeline(
     # Algorithm 1
     # ------------------------------------------------------------------------------------------------------------
 
+    @one_call_at_a_time
     @with_model_defaults()
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)

@@ -127,6 +127,16 @@ class RemovalOptions:
                 raise TypeError(f"`protect` must be None, a word of the prompt (str) or a list of them, got {self.protect!r}.")
         check_optional_fraction(self.protect_cutoff, "protect_cutoff", includes_one=True)
 
+    def check_some_step_is_guided(self, schedule: DDIMSchedule) -> None:
+        """Refuses a call in which no step falls inside ``guidance_timesteps``: nothing would be removed."""
+        timesteps = [int(t) for t in schedule.timesteps]
+        if not any(timesteps_in_range(timesteps, *self.guidance_timesteps)):
+            raise ValueError(
+                f"`num_inference_steps`={len(timesteps)} puts no step inside `guidance_timesteps` "
+                f"{tuple(self.guidance_timesteps)} (its timesteps are {timesteps[:10]}): nothing would be removed. "
+                "Use more steps, or widen `guidance_timesteps`."
+            )
+
     @property
     def protected_words(self):
         """``protect`` as a list of words, or ``None`` for the prompt's other objects."""

@@ -7,6 +7,8 @@ specific to a model family (text encoding, the UNet call, the autoencoder) stays
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,39 @@ class MagicRemoverPipelineOutput(BaseOutput):
     target_attention: dict | None = None
     inversion: MagicRemoverInversion | None = None
     nsfw_content_detected: list[bool] | None = None
+
+
+#: UNet (by id) -> (thread, depth) of the removal call running on it: processors and per-call state are the call's
+_RUNNING_CALLS: dict[int, tuple[int, int]] = {}
+_RUNNING_CALLS_LOCK = threading.Lock()
+
+
+def one_call_at_a_time(method):
+    """Decorator for ``__call__`` and ``invert``: while a call runs on a UNet, a call from another thread on a pipeline
+    holding that UNet (``from_pipe`` shares it) raises a ``RuntimeError`` before it touches anything; the same thread
+    may nest (``__call__`` runs ``invert``). The running call finishes, and restores the processors, undisturbed."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        key, me = id(self.unet), threading.get_ident()
+        with _RUNNING_CALLS_LOCK:
+            owner, depth = _RUNNING_CALLS.get(key, (me, 0))
+            if owner != me:
+                raise RuntimeError(
+                    f"This {type(self).__name__}'s UNet is running a call in another thread; its attention processors "
+                    "and per-call state belong to that call. Wait for it, or give each thread its own pipeline."
+                )
+            _RUNNING_CALLS[key] = (me, depth + 1)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            with _RUNNING_CALLS_LOCK:
+                if depth == 0:
+                    del _RUNNING_CALLS[key]
+                else:
+                    _RUNNING_CALLS[key] = (me, depth)
+
+    return wrapper
 
 
 class RemovalStepsMixin:

@@ -173,3 +173,13 @@ def negative_prompts(negative_prompt, prompt, batch: int) -> list[str]:
     return negatives
 
 
+def check_distinct_targets(targets) -> None:
+    """Refuses a target named twice (case and spacing aside): its guidance would silently be applied twice."""
+    seen = set()
+    for target in targets:
+        key = " ".join(target.lower().split())
+        if key in seen:
+            raise ValueError(
+                f"`target` names {target!r} twice: its guidance would be applied twice. Name each object once."
+            )
+        seen.add(key)
