@@ -24,7 +24,9 @@ from magic_remover import MagicRemoverPipeline
 from magic_remover.cli import main
 from magic_remover.hub import find_model_card
 
-CODE_FILES = {"pipeline.py", "attention_processors.py", "content_initialization.py", "images.py", "inversion.py", "README.md"}
+CODE_FILES = {"pipeline.py", "attention_maps.py", "attention_processors.py", "content_initialization.py", "images.py",
+              "inputs.py", "inversion.py", "latent_images.py", "model_loading.py", "pipeline_code.py", "removal.py",
+              "removal_steps.py", "tokens.py", "README.md"}
 SPACE_FILES = {"app.py", "ui.py", "scenes.py", "requirements.txt"}
 PACKAGE = Path(magic_remover.__file__).parent
 CLIENT_TIMEOUT_S = 240
