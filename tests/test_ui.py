@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a photo of a red ball on the grass"
 SERVER_START_S = 120
 REMOVAL_S = 90
+VIEWPORT = (1400, 900)  # a laptop's browser window: the results must show in it without scrolling
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -378,9 +379,13 @@ def _browser_or_skip():
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,1500"):  # fmt: skip
+                     f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}"):  # fmt: skip
         options.add_argument(argument)
-    return webdriver.Chrome(service=Service(driver), options=options)
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    # the page itself gets the whole window size (a window's frame would take some of it)
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False})  # fmt: skip
+    return browser
 
 
 def _free_port() -> int:
@@ -414,7 +419,7 @@ def served_page(tmp_path):
                 if time.monotonic() > deadline:
                     pytest.fail(f"magic-remover ui did not answer on {url} within {SERVER_START_S} s")
                 time.sleep(0.5)
-        yield browser, url
+        yield browser, url, log
     finally:
         browser.quit()
         server.terminate()
@@ -432,28 +437,31 @@ def _fetch_image(src: str) -> Image.Image:
 
 def test_the_page_removes_an_uploaded_scenes_object_in_a_browser(served_page, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser, url = served_page
+    browser, url, log = served_page
     css = lambda selector: browser.find_elements(By.CSS_SELECTOR, selector)  # noqa: E731
     wait = WebDriverWait(browser, 30)
     browser.get(url)
     wait.until(lambda _: css("#remove-button"))
+    assert browser.execute_script("return [window.innerWidth, window.innerHeight]") == list(VIEWPORT)
+    assert css("#prompt textarea")[0].get_attribute("placeholder") == PLACEHOLDER_CAPTION
 
-    # nothing given yet: the page says what is missing
+    # nothing given yet: the page says what is missing, and the server's terminal shows no traceback
     css("#remove-button")[0].click()
     toasts = lambda: " ".join(e.text for e in css("[data-testid=toast-body]"))  # noqa: E731
     wait.until(lambda _: "Upload an image or pick a demo scene first." in toasts())
 
-    # the demo-scene picker fills in the image, the caption and the target
-    demo = make_scene(3, size=64)
+    # the demo-scene picker fills in the image, the caption and the target of `magic-remover demo --seed 3`
+    _, demo_caption, demo_target = demo_scene(make_scene, DEMO_SEED)
     css("#scene-button")[0].click()
-    wait.until(lambda _: css("#prompt textarea")[0].get_attribute("value") == demo.caption)
-    assert css("#target input")[0].get_attribute("value") == demo.objects[0].shape
+    wait.until(lambda _: css("#prompt textarea")[0].get_attribute("value") == demo_caption)
+    assert css("#target input")[0].get_attribute("value") == demo_target != preselected_target(demo_caption)
 
-    # upload another scene, type its caption, choose the target among the words offered
-    scene = make_scene(11, size=64, num_objects=1)  # an orange triangle on a checkered background
-    target = scene.objects[0].shape
+    # upload another scene, type its caption: its last noun is pre-selected among the words offered
+    scene = make_scene(11, size=64, num_objects=2)  # an orange triangle and a white square on a checkered background
+    target = scene.objects[1].shape
     scene_file = tmp_path / "scene.png"
     scene.image.save(scene_file)
     css("#input-image button[aria-label='Remove Image']")[0].click()
@@ -463,6 +471,8 @@ def test_the_page_removes_an_uploaded_scenes_object_in_a_browser(served_page, tm
     prompt = css("#prompt textarea")[0]
     prompt.clear()
     prompt.send_keys(scene.caption)
+    wait.until(lambda _: css("#target input")[0].get_attribute("value") == target)
+    assert preselected_target(scene.caption) == target and target not in {o.color for o in scene.objects}
     css("#target input")[0].click()
     word = lambda option: option.text.split("\n")[-1]  # noqa: E731  (the chosen one carries a check mark line)
     wait.until(lambda _: target in [word(o) for o in css("ul[role=listbox] li")])
@@ -471,19 +481,46 @@ def test_the_page_removes_an_uploaded_scenes_object_in_a_browser(served_page, tm
     next(o for o in css("ul[role=listbox] li") if word(o) == target).click()
     assert css("#target input")[0].get_attribute("value") == target
 
+    # one progress bar through the inversion and the removal, only forward; the results in view without scrolling
     css("#remove-button")[0].click()
-    WebDriverWait(browser, REMOVAL_S).until(lambda _: css("#result img") and css("#mask-file a"))
+    percents, deadline = [], time.monotonic() + REMOVAL_S
+    while not (css("#result img") and css("#mask-file a")) and time.monotonic() < deadline:
+        shown = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.progress-level-inner'), e => e.innerText).join(' ')"
+        )
+        percents += [float(p) for p in re.findall(r"([0-9.]+)%", shown) if not percents or float(p) != percents[-1]]
+        time.sleep(0.05)
+    assert css("#result img"), f"no result within {REMOVAL_S} s"
+    assert percents == sorted(percents) and len(set(percents)) >= 5 and max(percents) > 50, percents
     browser.save_screenshot(str(tmp_path / "page.png"))
+    box = browser.execute_script("const r = document.querySelector('#result img').getBoundingClientRect();"
+                                 "return [r.left, r.top, r.right, r.bottom, window.scrollY]")  # fmt: skip
+    assert box[4] == 0 and box[0] >= 0 and box[1] >= 0 and box[2] <= VIEWPORT[0] and box[3] <= VIEWPORT[1], box
+    assert box[3] - box[1] >= 200  # shown at the panel's size, not as a thumbnail
 
     result = np.asarray(_fetch_image(css("#result img")[0].get_attribute("src")).convert("RGB"), dtype=np.float64)
     mask = _fetch_image(css("#mask-file a")[0].get_attribute("href"))
     assert css("#reconstruction img") and (tmp_path / "page.png").stat().st_size > 10_000
     assert result.shape == (64, 64, 3) and mask.size == (64, 64) and mask.mode == "L"
-    removed = scene.objects[0]
+    removed = scene.objects[1]
     region = removed.mask | removed.shadow_mask
-    # inside the object's region the result is the scene without it (10 steps: 32.7 dB against the ground truth,
-    # where the input scores 11.9 dB); outside it the input is kept (the embedded model's mask option is on)
+    # inside the object's region the result is the scene without it; outside it the input is kept (the embedded
+    # model's mask option is on)
     assert psnr(result, removed.without, region) > psnr(scene.image, removed.without, region) + 10
     change = np.abs(result - np.asarray(scene.image, dtype=np.float64)).mean(axis=-1)
     assert change[removed.mask].mean() > 10 * change[~region].mean()
     assert np.asarray(mask, dtype=np.float64)[removed.mask].mean() > 2 * np.asarray(mask, dtype=np.float64)[~region].mean()
+
+    # a word that is not the caption's: the API's message on the page, nothing in the server's terminal
+    target_input = css("#target input")[0]
+    target_input.clear()
+    target_input.send_keys("dog\n")
+    css("#remove-button")[0].click()
+    try:
+        wait.until(lambda _: "'dog' does not occur in the prompt" in toasts())
+    except TimeoutException:
+        pytest.fail(f"no message on the page; it shows {toasts()!r}")
+    log.flush()
+    log.seek(0)
+    served = log.read()
+    assert "Traceback" not in served and "does not occur" not in served and "Upload an image" not in served, served[-2000:]
