@@ -16,6 +16,7 @@ and Gradio refuses uploads above ``MAX_UPLOAD_BYTES``.
 
 from __future__ import annotations
 
+import functools
 import re
 import tempfile
 import threading
@@ -142,9 +143,10 @@ def check_upload(path) -> None:
             with PIL.Image.open(path) as opened:
                 width, height = opened.size
     except PIL.Image.DecompressionBombError as error:
-        raise ValueError(f"The image is too large to read: {error}") from None
+        raise ValueError(f"{Path(path).name} is too large to read: {error}") from None
     except (PIL.UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"The upload is not an image this page can read: {error}") from None
+        reason = "not an image file" if isinstance(error, PIL.UnidentifiedImageError) else str(error)
+        raise ValueError(f"{Path(path).name} is not an image this page can read ({reason}).") from None
     if width * height > MAX_UPLOAD_PIXELS:
         raise ValueError(
             f"The image is {width}x{height} ({width * height / 1e6:.1f} megapixels); this page takes at most "
@@ -197,6 +199,31 @@ class StepProgress:
 
     def flush(self) -> None:
         pass
+
+
+@functools.cache
+def image_file_component():
+    """``gr.Image`` that hands an upload over as its file's path without opening it.
+
+    Gradio's own ``Image`` opens every upload with PIL before the handler runs, even as a file path, so a file that is
+    not an image, or whose header claims more pixels than PIL allows, would be a traceback on the server and a bare
+    "Error" on the page. This one leaves the file to the handler, which bounds it from its header (``check_upload``).
+    Gradio has checked by then that the path is one of its uploads. As a template (``is_template``) it is drawn by
+    the ``Image`` component's own front end. Inline images (data URLs, from API callers) are refused: they would be
+    decoded to check them."""
+    import gradio as gr
+
+    class ImageFile(gr.Image):
+        is_template = True
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            if payload.path is None:
+                raise page_error("Send the image as an uploaded file, not inline data.")
+            return payload.path
+
+    return ImageFile
 
 
 def page_error(message: str):
@@ -341,8 +368,9 @@ def build_app(
             "the object goes with no mask drawn." + (f" Model: `{model_name}`" if model_name else "")
         )
         with gr.Row():  # the input and the results side by side, at the top: no scrolling to see what changed
-            image = gr.Image(type="filepath", image_mode=None, label="image", sources=["upload", "clipboard"],
-                             height=PANEL_HEIGHT, elem_id="input-image")  # fmt: skip
+            image = image_file_component()(type="filepath", image_mode=None, label="image",
+                                           sources=["upload", "clipboard"], height=PANEL_HEIGHT,
+                                           elem_id="input-image")  # fmt: skip
             result = gr.Image(type="pil", format="png", label="result", interactive=False, height=PANEL_HEIGHT,
                               elem_id="result")  # fmt: skip
             mask = gr.Image(type="pil", format="png", image_mode="L", label="soft mask (white = the object)",
@@ -378,7 +406,7 @@ def build_app(
         target.input(lambda value: value, target, chosen, show_progress="hidden")
         run_button.click(
             run, [image, prompt, target, erase_lambda, steps_box, keep_input, seed],
-            [result, mask, reconstruction, mask_file], show_progress_on=[result],
+            [result, mask, reconstruction, mask_file], show_progress_on=[result], api_name="remove",
         ).then(remover.remove_files, show_progress="hidden")  # fmt: skip
         if make_scene is not None:
 

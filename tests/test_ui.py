@@ -280,10 +280,11 @@ def test_a_demo_scene_is_the_scene_and_target_of_magic_remover_demo_with_that_se
         assert np.array_equal(panel, np.asarray(image))
 
 
-def test_the_page_is_served_with_a_bounded_queue_and_upload_size_and_errors_leave_no_traceback(tiny_app, capfd):
+def test_the_page_is_served_with_a_bounded_queue_and_upload_size_and_errors_leave_no_traceback(tiny_app, capfd,
+                                                                                              tmp_path):  # fmt: skip
     """In-process server, called as a browser calls it (gradio_client): a bad input is a message to the caller and
     nothing on the server's stderr."""
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
 
     app, _, _ = tiny_app
     port = _free_port()
@@ -294,16 +295,17 @@ def test_the_page_is_served_with_a_bounded_queue_and_upload_size_and_errors_leav
         capfd.readouterr()
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         with pytest.raises(Exception, match="Upload an image or pick a demo scene first"):
-            client.predict(None, PROMPT, "ball", 0.8, 3, False, 0, fn_index=_remove_event(app))
+            client.predict(None, PROMPT, "ball", 0.8, 3, False, 0, api_name="/remove")
+        # files Gradio's own Image would open with PIL before the page's code runs: each a one-line message too
+        (tmp_path / "notes.png").write_text("not a picture")
+        huge = _png_claiming(tmp_path / "huge.png", 200_000, 200_000)  # beyond PIL's own decompression-bomb limit
+        for upload, message in [(tmp_path / "notes.png", "notes.png is not an image"), (huge, "huge.png is too large")]:
+            with pytest.raises(Exception, match=message):
+                client.predict(handle_file(str(upload)), PROMPT, "ball", 0.8, 3, False, 0, api_name="/remove")
         err = capfd.readouterr().err
-        assert "Traceback" not in err and "Upload an image" not in err
+        assert "Traceback" not in err and "Upload an image" not in err and "Warning" not in err, err
     finally:
         app.close()
-
-
-def _remove_event(app) -> int:
-    """The index of the Remove button's event."""
-    return next(i for i, d in enumerate(app.fns.values()) if d.name == "run")
 
 
 def test_a_target_missing_from_the_prompt_is_refused_before_any_model_pass(pipe, image, monkeypatch):
@@ -524,3 +526,18 @@ def test_the_page_removes_an_uploaded_scenes_object_in_a_browser(served_page, tm
     log.seek(0)
     served = log.read()
     assert "Traceback" not in served and "does not occur" not in served and "Upload an image" not in served, served[-2000:]
+
+
+def test_the_upload_component_hands_over_the_files_path_unopened_and_refuses_inline_images(tmp_path):
+    from gradio.data_classes import ImageData
+
+    from magic_remover.ui import image_file_component
+
+    component = image_file_component()(type="filepath", image_mode=None)
+    assert component.get_block_name() == "image"  # drawn by Gradio's own Image front end
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")  # gr.Image's own preprocessing fails on it with a traceback
+    assert component.preprocess(ImageData(path=str(not_an_image))) == str(not_an_image)
+    assert component.preprocess(None) is None
+    with pytest.raises(gr.Error, match="uploaded file, not inline data"):
+        component.preprocess(ImageData(url="data:image/png;base64,iVBORw0KGgo="))
