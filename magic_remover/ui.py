@@ -16,7 +16,7 @@ and Gradio refuses uploads above ``MAX_UPLOAD_BYTES``.
 
 from __future__ import annotations
 
-import functools
+import math
 import re
 import tempfile
 import threading
@@ -128,10 +128,25 @@ def demo_scene(make_scene: Callable, seed, size: int = 64):
     return scene.image, scene.caption, scene.objects[0].shape
 
 
+def whole_number(value, name: str, low: int, high: int) -> int:
+    """``value`` (a form's number, or what an API caller sent in its place) as an int in ``[low, high]``; anything
+    else is a ``ValueError`` naming the field."""
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is None or not math.isfinite(number) or number != int(number) or not low <= int(number) <= high:
+        upper = "2**64 - 1" if high == SEED_RANGE[1] else str(high)
+        raise ValueError(f"{name} must be a whole number from {low} to {upper}, got {value!r}.")
+    return int(number)
+
+
 def check_seed(seed, name: str = "seed") -> int:
-    if seed is None or float(seed) != int(seed) or not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
-        raise ValueError(f"{name} must be a whole number from 0 to 2**64 - 1, got {seed}.")
-    return int(seed)
+    return whole_number(seed, name, *SEED_RANGE)
+
+
+def form_text(value, name: str) -> str:
+    """A text field's value, stripped; ``TypeError`` naming the field for anything but a string (or nothing)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be text, got {type(value).__name__}.")
+    return (value or "").strip()
 
 
 def check_upload(path) -> None:
@@ -201,29 +216,20 @@ class StepProgress:
         pass
 
 
-@functools.cache
-def image_file_component():
-    """``gr.Image`` that hands an upload over as its file's path without opening it.
-
-    Gradio's own ``Image`` opens every upload with PIL before the handler runs, even as a file path, so a file that is
-    not an image, or whose header claims more pixels than PIL allows, would be a traceback on the server and a bare
-    "Error" on the page. This one leaves the file to the handler, which bounds it from its header (``check_upload``).
-    Gradio has checked by then that the path is one of its uploads. As a template (``is_template``) it is drawn by
-    the ``Image`` component's own front end. Inline images (data URLs, from API callers) are refused: they would be
-    decoded to check them."""
-    import gradio as gr
-
-    class ImageFile(gr.Image):
-        is_template = True
-
-        def preprocess(self, payload):
-            if payload is None:
-                return None
-            if payload.path is None:
-                raise page_error("Send the image as an uploaded file, not inline data.")
-            return payload.path
-
-    return ImageFile
+def upload_path(image) -> str | None:
+    """The uploaded file's path from what the Remove event receives: the page's events skip Gradio's preprocessing
+    (``preprocess=False``), which would open every upload with PIL before the page's code runs (a file that is not an
+    image, or a header claiming more pixels than PIL allows, would then be a traceback on the server and a bare
+    "Error" on the page), so the image comes as Gradio's file payload, ``{"path": ...}``, its path one of Gradio's
+    uploads (checked by Gradio before the handler runs). A path (str or ``Path``, from scripts) is taken as it is.
+    Inline images (data URLs, which API callers may send) are refused: checking them would mean decoding them."""
+    if image is None or isinstance(image, (str, Path)):
+        return None if image is None else str(image)
+    if isinstance(image, dict):
+        if image.get("path"):
+            return str(image["path"])
+        raise ValueError("Send the image as an uploaded file, not inline data.")
+    raise TypeError(f"the image must be an uploaded file, got {type(image).__name__}.")
 
 
 def page_error(message: str):
@@ -261,8 +267,8 @@ class Remover:
             return self._pipeline
 
     def __call__(self, image, prompt, target, erase_lambda, steps, keep_input_outside, seed, progress=None):
-        """``image`` is the upload's file path (as ``gr.Image(type="filepath")`` gives it); returns the result, the
-        soft mask and the reconstruction at the upload's size, and the soft mask's PNG file."""
+        """``image`` is the upload: Gradio's file payload or a path (see ``upload_path``); returns the result, the soft
+        mask and the reconstruction at the upload's size, and the soft mask's PNG file."""
         try:
             return self.remove(image, prompt, target, erase_lambda, steps, keep_input_outside, seed, progress)
         except (ValueError, TypeError) as error:  # the form's, the readers' and the API's own checks: shown as they are
@@ -271,19 +277,20 @@ class Remover:
     def remove(self, image, prompt, target, erase_lambda, steps, keep_input_outside, seed, progress=None):
         import torch
 
+        image = upload_path(image)
         if image is None:
             raise ValueError("Upload an image or pick a demo scene first.")
-        if not isinstance(image, (str, Path)):
-            raise TypeError(f"the image must be an uploaded file's path, got {type(image).__name__}.")
-        if not (prompt or "").strip():
+        prompt, target = form_text(prompt, "the caption"), form_text(target, "the word to remove")
+        if not prompt:
             raise ValueError(f"Write a caption of the image that names the object, e.g. '{PLACEHOLDER_CAPTION}'.")
-        if not (target or "").strip():
+        if not target:
             raise ValueError("Choose the word to remove among the caption's words.")
-        if steps is None or float(steps) != int(steps) or not 1 <= int(steps) <= MAX_STEPS:
-            raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps}.")
+        steps = whole_number(steps, "steps", 1, MAX_STEPS)
         generator = torch.Generator().manual_seed(check_seed(seed))
         settings = {**self.settings, **mask_option(bool(keep_input_outside))}
-        if erase_lambda is not None:
+        if erase_lambda is not None:  # the pipeline checks its range
+            if not isinstance(erase_lambda, (int, float)) or isinstance(erase_lambda, bool):
+                raise TypeError(f"lambda must be a number, got {type(erase_lambda).__name__}.")
             settings["erase_lambda"] = float(erase_lambda)
         if progress is not None:
             progress(0, desc="reading the image")
@@ -295,9 +302,9 @@ class Remover:
             processed = fit_within(picture, default_max_size(trained_size(pipeline)))
             # the inversion's loop (two with null-text inversion), then the removal's, each of `steps` steps
             loops = 3 if settings.get("inversion_method") == "null-text" else 2
-            self.progress.start(progress, loops * int(steps))
+            self.progress.start(progress, loops * steps)
             try:
-                out = pipeline(image=processed, prompt=prompt, target=target.strip(), num_inference_steps=int(steps),
+                out = pipeline(image=processed, prompt=prompt, target=target, num_inference_steps=steps,
                                generator=generator, **settings)  # fmt: skip
             finally:
                 self.progress.stop()
@@ -368,9 +375,8 @@ def build_app(
             "the object goes with no mask drawn." + (f" Model: `{model_name}`" if model_name else "")
         )
         with gr.Row():  # the input and the results side by side, at the top: no scrolling to see what changed
-            image = image_file_component()(type="filepath", image_mode=None, label="image",
-                                           sources=["upload", "clipboard"], height=PANEL_HEIGHT,
-                                           elem_id="input-image")  # fmt: skip
+            image = gr.Image(type="filepath", image_mode=None, label="image", sources=["upload", "clipboard"],
+                             height=PANEL_HEIGHT, elem_id="input-image")  # fmt: skip
             result = gr.Image(type="pil", format="png", label="result", interactive=False, height=PANEL_HEIGHT,
                               elem_id="result")  # fmt: skip
             mask = gr.Image(type="pil", format="png", image_mode="L", label="soft mask (white = the object)",
@@ -407,6 +413,7 @@ def build_app(
         run_button.click(
             run, [image, prompt, target, erase_lambda, steps_box, keep_input, seed],
             [result, mask, reconstruction, mask_file], show_progress_on=[result], api_name="remove",
+            preprocess=False,  # the inputs as sent: the handler reads and checks them (see `upload_path`)
         ).then(remover.remove_files, show_progress="hidden")  # fmt: skip
         if make_scene is not None:
 

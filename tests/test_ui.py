@@ -134,6 +134,13 @@ def test_the_page_builds_without_loading_the_model_and_the_handler_returns_the_t
         ("image", PROMPT, "ball", 3, 2**64, "seed must be a whole number"),
         ("image", PROMPT, "elephant", 3, 0, "'elephant' does not occur in the prompt"),  # the pipeline's own check
         ("not-an-image", PROMPT, "ball", 3, 0, "not an image this page can read"),
+        # what an API caller may send in the form's place (the event takes its inputs as sent)
+        ({"path": None, "url": "data:image/png;base64,iVBORw0KGgo="}, PROMPT, "ball", 3, 0, "not inline data"),
+        ("image", ["a", "list"], "ball", 3, 0, "the caption must be text"),
+        ("image", PROMPT, "ball", float("inf"), 0, "steps must be a whole number"),
+        ("image", PROMPT, "ball", "3", 0, "steps must be a whole number"),
+        ("image", PROMPT, "ball", 3, float("nan"), "seed must be a whole number"),
+        ("image", PROMPT, "ball", 3, 1.5, "seed must be a whole number"),
     ],
 )
 def test_bad_input_is_a_message_on_the_page_without_a_traceback(tiny_app, image_file, tmp_path, image, prompt, target,
@@ -526,18 +533,3 @@ def test_the_page_removes_an_uploaded_scenes_object_in_a_browser(served_page, tm
     log.seek(0)
     served = log.read()
     assert "Traceback" not in served and "does not occur" not in served and "Upload an image" not in served, served[-2000:]
-
-
-def test_the_upload_component_hands_over_the_files_path_unopened_and_refuses_inline_images(tmp_path):
-    from gradio.data_classes import ImageData
-
-    from magic_remover.ui import image_file_component
-
-    component = image_file_component()(type="filepath", image_mode=None)
-    assert component.get_block_name() == "image"  # drawn by Gradio's own Image front end
-    not_an_image = tmp_path / "notes.png"
-    not_an_image.write_text("not a picture")  # gr.Image's own preprocessing fails on it with a traceback
-    assert component.preprocess(ImageData(path=str(not_an_image))) == str(not_an_image)
-    assert component.preprocess(None) is None
-    with pytest.raises(gr.Error, match="uploaded file, not inline data"):
-        component.preprocess(ImageData(url="data:image/png;base64,iVBORw0KGgo="))
