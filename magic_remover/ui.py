@@ -414,7 +414,10 @@ def build_app(
             run, [image, prompt, target, erase_lambda, steps_box, keep_input, seed],
             [result, mask, reconstruction, mask_file], show_progress_on=[result], api_name="remove",
             preprocess=False,  # the inputs as sent: the handler reads and checks them (see `upload_path`)
-        ).then(remover.remove_files, show_progress="hidden")  # fmt: skip
+            concurrency_id="removal",
+        ).then(remover.remove_files, show_progress="hidden", concurrency_id="removal")  # fmt: skip
+        # one concurrency group: the clean-up never runs between another removal's return and Gradio's copy of its
+        # mask file
         if make_scene is not None:
 
             def pick_scene(seed_value):
