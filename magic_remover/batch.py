@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import CommandError, load_pipeline, positive_int, removal_settings, write_image_atomically
+from .cli_common import CommandError, load_pipeline, map_to_image, positive_int, removal_settings, seed, write_image_atomically
 
 # inversion.INVERSION_METHODS, spelt out so that `--help` needs no torch import (a test compares the two)
 BATCH_INVERSION_METHODS = ("null-text", "ddim", "negative-prompt", "direct")
@@ -399,7 +399,7 @@ def remove_group(pipe, group: list[Row], settings: BatchSettings, outdir: Path):
     failure does not stop the others; an unreadable image or a failed inversion fails every row of the group."""
     import torch
 
-    from .cli import map_to_image
+
     from .images import fit_within, load_image_rgb, restore_size
 
     start = time.perf_counter()

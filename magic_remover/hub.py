@@ -20,7 +20,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .cli import CommandError, add_common_options
+from .cli_common import CommandError, add_common_options
 
 #: The Hub repository of the pipeline code that the README's example names until a repo id is known.
 REPO_ID_PLACEHOLDER = "<this repo id>"
