@@ -8,6 +8,7 @@ the functions, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import stat
@@ -153,26 +154,43 @@ def check_input_path(path: Path, what: str) -> None:
         raise CommandError(f"{what} {path} does not exist.")
 
 
-def check_output_path(path: Path, force: bool, protected: list[Path]) -> None:
-    """Everything that would stop ``path`` from being written, checked before any work: it is an input, exists
-    without ``--force``, is a folder, a link or anything but a regular file (even with ``--force``), names a format PIL cannot write, or lies in a missing or read-only folder."""
+def output_problem(path: Path) -> str | None:
+    """What makes ``path`` no place for an output image, whatever ``--force`` says, or None: a folder, a link or
+    anything else that is not a regular file (the atomic rename would replace the device node, fifo or link itself),
+    or a suffix PIL cannot write."""
+    if path.is_dir():
+        return f"the output {path} is a folder; give a file name for the output, e.g. {path / 'result.png'}"
+    if path.is_symlink() or (path.exists() and not stat.S_ISREG(path.stat().st_mode)):
+        kind = "a symbolic link" if path.is_symlink() else "not a regular file"
+        return f"refusing to write {path}: it is {kind}; choose another output path"
+    if path.suffix:
+        image_format = writable_extensions().get(path.suffix.lower())
+        if image_format is None:
+            return f"cannot write {path}: PIL cannot save {path.suffix!r} files; use .png, .jpg or .webp"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def writable_extensions() -> dict:
+    """Suffix -> format for every format PIL can save (asked once: batch checks thousands of outputs)."""
     from PIL import Image
 
+    Image.init()
+    return {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
+def check_output_path(path: Path, force: bool, protected: list[Path]) -> None:
+    """Everything that would stop ``path`` from being written, checked before any work: it is an input, exists
+    without ``--force``, is one of :func:`output_problem`'s (even with ``--force``), or lies in a missing or
+    read-only folder."""
     for other in protected:
         if path.resolve() == Path(other).resolve():
             raise CommandError(f"Refusing to write {path}: it is the input {other}; choose another output path.")
-    if path.is_dir():
-        raise CommandError(f"{path} is a folder; give a file name for the output, e.g. {path / 'result.png'}.")
-    if path.is_symlink() or (path.exists() and not stat.S_ISREG(path.stat().st_mode)):
-        # the atomic rename would replace the link or the device node, fifo or socket itself: never, even with --force
-        kind = "a symbolic link" if path.is_symlink() else "not a regular file"
-        raise CommandError(f"Refusing to write {path}: it is {kind}; choose another output path.")
+    problem = output_problem(path)
+    if problem is not None:
+        raise CommandError(problem[0].upper() + problem[1:] + ".")
     if path.exists() and not force:
         raise CommandError(f"{path} already exists; pass --force to overwrite it.")
-    if path.suffix:
-        image_format = Image.registered_extensions().get(path.suffix.lower())
-        if image_format is None or image_format not in Image.SAVE:
-            raise CommandError(f"Cannot write {path}: PIL cannot save {path.suffix!r} files; use .png, .jpg or .webp.")
     folder = path.parent
     if not folder.is_dir():
         raise CommandError(f"Cannot write {path}: the folder {folder} does not exist.")
