@@ -84,6 +84,9 @@ from .inversion import (
     ddim_step,
     direct_inversion_correction,
     null_text_optimization,
+    check_inversion_model,  # issue 25
+    model_fingerprint,  # issue 25
+    model_name,  # issue 25
     timesteps_in_range,
     to_epsilon,
 )
@@ -975,6 +978,8 @@ class MagicRemoverPipeline(
             final_losses=losses,
             clip_skip=clip_skip,
             lora_scale=1.0 if lora_scale is None else float(lora_scale),
+            model_fingerprint=model_fingerprint(self.unet, self.text_encoder, self.vae),  # issue 25
+            model_name=model_name(self.unet),  # issue 25
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -1108,6 +1113,8 @@ class MagicRemoverPipeline(
             raise ValueError("Pass `image` (to invert) or `inversion` (from `pipe.invert`).")
         if inversion is not None and not isinstance(inversion, MagicRemoverInversion):
             raise TypeError(f"`inversion` must be a MagicRemoverInversion from `pipe.invert`, got {type(inversion).__name__}.")
+        if inversion is not None:  # issue 25: made by these models, before any model pass
+            check_inversion_model(inversion, self.unet, self.text_encoder, self.vae)
         batch = inversion.batch_size if inversion is not None else None
         if image is not None:
             batch = self._check_image(image)[0]
