@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import os
 import re
@@ -208,15 +209,22 @@ def assign_outputs(rows: list[Row], outdir: Path, save_masks: bool, protected: l
     or an input already has that name (so the names depend only on the jobs, and a rerun finds them again). With
     ``save_masks`` each result gets ``<output stem>-mask.png`` beside it. A row whose output would overwrite an input
     (any row's image or mask, or one of ``protected``) or another row's output gets an error instead."""
-    inputs = {_same_file_key(p): str(p) for p in protected}
+    file_key = functools.lru_cache(maxsize=None)(_same_file_key)  # rows share images: each path resolved once
+    inputs = {file_key(p): str(p) for p in protected}
     for row in rows:
         for path in (row.image, row.mask):
             if path is not None:
-                inputs[_same_file_key(path)] = str(path)
+                inputs[file_key(path)] = str(path)
     taken: dict[str, int] = {}  # output -> the row number that claimed it
+    # a derived name lies directly in outdir: its key is outdir's, resolved once, and the name (no resolve per try;
+    # an existing link of that name is refused by check_rows)
+    outdir_key = _same_file_key(outdir)
+
+    def derived_key(name: str) -> str:
+        return os.path.normcase(os.path.join(outdir_key, name))
 
     def claim(row: Row, path: Path) -> str | None:
-        key = _same_file_key(path)
+        key = file_key(path)
         if key in inputs:
             return f"the output {path} would overwrite the input {inputs[key]}"
         if key in taken:
@@ -245,9 +253,9 @@ def assign_outputs(rows: list[Row], outdir: Path, save_masks: bool, protected: l
         stem = f"{row.image.stem}-no-{slug(row.target)}"
         attempt = next_attempt.get(stem, 1)
         while True:  # ends: each attempt is refused only by a distinct name already taken or an input
-            candidate = outdir / (f"{stem}.png" if attempt == 1 else f"{stem}-{attempt}.png")
-            wanted = [candidate] + ([mask_path(candidate)] if save_masks else [])
-            keys = [_same_file_key(p) for p in wanted]
+            name = f"{stem}.png" if attempt == 1 else f"{stem}-{attempt}.png"
+            candidate = outdir / name
+            keys = [derived_key(name)] + ([derived_key(mask_path(candidate).name)] if save_masks else [])
             if not any(k in inputs or k in taken for k in keys):
                 break
             attempt += 1
@@ -288,8 +296,9 @@ def remove_stale_temporaries(rows: list[Row]) -> int:
 def group_rows(rows: list[Row]) -> list[list[Row]]:
     """Rows with the same image file and prompt, in the order their first row appears: one inversion each."""
     groups: dict[tuple[str, str], list[Row]] = {}
+    file_key = functools.lru_cache(maxsize=None)(_same_file_key)
     for row in rows:
-        groups.setdefault((_same_file_key(row.image), row.prompt), []).append(row)
+        groups.setdefault((file_key(row.image), row.prompt), []).append(row)
     return list(groups.values())
 
 
@@ -528,9 +537,10 @@ def check_rows(rows: list[Row]) -> None:
     """Everything about each row that needs no model, before the model loads: its image and mask exist as files,
     and each output (inside -o already, see :func:`assign_outputs`) is not a folder, a link or another non-regular
     file and names a format PIL can write. A problem becomes the row's ``error``; the other rows go on."""
+    is_file = functools.lru_cache(maxsize=None)(os.path.isfile)  # rows share images: each asked once
     for row in rows:
         for path, what in ((row.image, "image"), (row.mask, "mask")):
-            if row.error is None and path is not None and not path.is_file():
+            if row.error is None and path is not None and not is_file(path):
                 row.error = f"the {what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
         for path in row.outputs if row.error is None else ():
             row.error = output_problem(path)
@@ -538,13 +548,16 @@ def check_rows(rows: list[Row]) -> None:
                 break
 
 
-def _plan(rows: list[Row], tokenizer) -> tuple[list[Row], list[Row], list[list[Row]]]:
+def plan_rows(rows: list[Row], tokenizer) -> tuple[list[Row], list[Row], list[list[Row]]]:
     """``(failed, skipped, groups to run)``: rows with a known error (including a target not in the prompt), rows
     whose outputs all exist, and the rest grouped by image and prompt. Every process computes the same plan."""
     failed, skipped, pending = [], [], []
+    target_errors: dict[tuple[str, str], str | None] = {}  # manifests repeat their prompts and targets
     for row in rows:
         if row.error is None:
-            row.error = _check_target(tokenizer, row)
+            if (row.prompt, row.target) not in target_errors:
+                target_errors[row.prompt, row.target] = _check_target(tokenizer, row)
+            row.error = target_errors[row.prompt, row.target]
         if row.error is not None:
             failed.append(row)
         elif outputs_complete(row):
@@ -663,7 +676,7 @@ def _run_locked(args, rows: list[Row], outdir: Path, results: Path, state, start
     pipe = load_pipeline(args.model, args.threads, device=state.device, trust_remote_code=args.trust_remote_code)
     pipe.set_progress_bar_config(disable=True)
     settings = _settings_for(pipe, args)
-    failed, skipped, groups = _plan(rows, pipe.tokenizer)
+    failed, skipped, groups = plan_rows(rows, pipe.tokenizer)
 
     if main:
         _open_run(outdir, failed, skipped, groups, settings)

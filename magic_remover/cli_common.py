@@ -158,10 +158,14 @@ def output_problem(path: Path) -> str | None:
     """What makes ``path`` no place for an output image, whatever ``--force`` says, or None: a folder, a link or
     anything else that is not a regular file (the atomic rename would replace the device node, fifo or link itself),
     or a suffix PIL cannot write."""
-    if path.is_dir():
+    try:
+        mode = os.lstat(path).st_mode  # one system call: batch asks this of every output
+    except OSError:  # absent (or its folder is): nothing there to refuse
+        mode = None
+    if mode is not None and (stat.S_ISDIR(mode) or (stat.S_ISLNK(mode) and path.is_dir())):
         return f"the output {path} is a folder; give a file name for the output, e.g. {path / 'result.png'}"
-    if path.is_symlink() or (path.exists() and not stat.S_ISREG(path.stat().st_mode)):
-        kind = "a symbolic link" if path.is_symlink() else "not a regular file"
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
         return f"refusing to write {path}: it is {kind}; choose another output path"
     if path.suffix:
         image_format = writable_extensions().get(path.suffix.lower())
