@@ -21,6 +21,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import PROMPT
+from test_catalogue import PassCounter, counter, tiny  # noqa: F401  (fixtures: the catalogue's tiny pipeline, counted)
 from tiny_components import make_test_image, tiny_components
 
 import magic_remover.batch as batch_module
@@ -32,35 +33,6 @@ from magic_remover.images import MAX_IMAGE_PIXELS, load_image_rgb, load_mask
 from magic_remover.inversion import model_fingerprint
 
 QUICK = dict(num_inference_steps=3, method="ddim")
-
-
-class PassCounter:
-    """Counts forward calls of the UNet and the VAE: an error "before any model work" leaves them at 0."""
-
-    def __init__(self, pipe):
-        self.total = 0
-        self.handles = [m.register_forward_pre_hook(self._count) for m in (pipe.unet, pipe.vae.encoder, pipe.vae.decoder)]
-
-    def _count(self, module, args):
-        self.total += 1
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    pipeline = MagicRemoverPipeline(**tiny_components())
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-@pytest.fixture
-def counter(tiny):
-    passes = PassCounter(tiny)
-    yield passes
-    passes.remove()
 
 
 @pytest.fixture
