@@ -143,11 +143,19 @@ def test_security_custom_component_does_not_run_through_the_cli(folder_with_cust
     assert not marker.exists() and not (tmp_path / "out.png").exists()
 
 
-def test_security_a_folder_with_our_exact_code_loads_as_the_installed_class(sd_folder, tmp_path):
-    """Nothing of the folder is imported: the installed class is used (before, the folder's copy was imported)."""
+def test_security_a_folder_with_our_exact_code_loads_as_the_installed_class(sd_folder, tmp_path, monkeypatch):
+    """Nothing of the folder is imported: the installed class is used (before, the folder's copy was imported under
+    an implicit trust_remote_code=True)."""
+    import diffusers.pipelines.pipeline_loading_utils as loading_utils
+
     folder = tmp_path / "saved"
     MagicRemoverPipeline.from_pretrained(sd_folder).save_pretrained(folder)
+    imported = []
+    dynamic_import = loading_utils.get_class_from_dynamic_module
+    monkeypatch.setattr(loading_utils, "get_class_from_dynamic_module",
+                        lambda *args, **kwargs: imported.append(args) or dynamic_import(*args, **kwargs))  # fmt: skip
     assert type(MagicRemoverPipeline.from_pretrained(folder)) is MagicRemoverPipeline
+    assert imported == []
 
 
 @pytest.mark.parametrize("output", ["../escape.png", "sub/../../escape.png", "ABSOLUTE", "link/escape.png"],
