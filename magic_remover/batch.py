@@ -15,8 +15,9 @@ the main process merges them into ``results.jsonl`` at the end (or at the start 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import glob
+import functools
 import json
 import os
 import re
@@ -26,7 +27,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import CommandError, load_pipeline, positive_int, removal_settings, write_image_atomically
+from .cli_common import (
+    CommandError,
+    add_trust_option,
+    load_pipeline,
+    map_to_image,
+    output_problem,
+    positive_int,
+    removal_settings,
+    seed,
+    write_image_atomically,
+)
 
 # inversion.INVERSION_METHODS, spelt out so that `--help` needs no torch import (a test compares the two)
 BATCH_INVERSION_METHODS = ("null-text", "ddim", "negative-prompt", "direct")
@@ -35,6 +46,7 @@ REQUIRED_COLUMNS = ("image", "prompt", "target")
 OPTIONAL_COLUMNS = ("mask", "output")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 RESULTS_NAME = "results.jsonl"
+LOCK_NAME = ".magic-remover-batch.lock"  # only where fcntl is missing (Windows)
 PROCESS_RESULTS_PATTERN = "results.process-*.jsonl"
 
 BATCH_EXAMPLES = """\
@@ -158,12 +170,15 @@ def read_jobs(jobs: str | os.PathLike, prompt: str | None = None, target: str | 
     if prompt is not None or target is not None:
         raise CommandError("--prompt and --target are for a folder of images; a manifest gives them per row.")
     suffix = jobs.suffix.lower()
-    if suffix == ".csv":
-        rows = _read_csv(jobs)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _read_jsonl(jobs)
-    else:
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
         raise CommandError(f"The manifest {jobs} must end in .csv or .jsonl, got {suffix or 'no suffix'!r}.")
+    try:
+        rows = _read_csv(jobs) if suffix == ".csv" else _read_jsonl(jobs)
+    except UnicodeDecodeError as error:
+        raise CommandError(f"The manifest {jobs} is not UTF-8 text (byte {error.start}: {error.object[error.start:error.start + 1]!r}); "
+                           "save it as UTF-8 (e.g. from Latin-1: iconv -f latin1 -t utf-8).") from None  # fmt: skip
+    except OSError as error:
+        raise CommandError(f"Cannot read the manifest {jobs}: {error.strerror or error}.") from None
     if not rows:
         raise CommandError(f"The manifest {jobs} holds no rows.")
     return rows
@@ -183,21 +198,33 @@ def _same_file_key(path: Path) -> str:
     return os.path.normcase(str(Path(path).resolve()))
 
 
+def _outside(path: Path, outdir: Path) -> bool:
+    """Whether ``path`` lands outside ``outdir`` once ``..`` and every symbolic link on the way are followed."""
+    return not Path(path).resolve().is_relative_to(Path(outdir).resolve())
+
+
 def assign_outputs(rows: list[Row], outdir: Path, save_masks: bool, protected: list[Path]) -> None:
     """Gives every row its output paths, in place. A manifest's ``output`` is taken relative to ``outdir``; without
     one the name is ``<image stem>-no-<target slug>.png`` in ``outdir``, with ``-2``, ``-3``, ... when an earlier row
     or an input already has that name (so the names depend only on the jobs, and a rerun finds them again). With
     ``save_masks`` each result gets ``<output stem>-mask.png`` beside it. A row whose output would overwrite an input
     (any row's image or mask, or one of ``protected``) or another row's output gets an error instead."""
-    inputs = {_same_file_key(p): str(p) for p in protected}
+    file_key = functools.lru_cache(maxsize=None)(_same_file_key)  # rows share images: each path resolved once
+    inputs = {file_key(p): str(p) for p in protected}
     for row in rows:
         for path in (row.image, row.mask):
             if path is not None:
-                inputs[_same_file_key(path)] = str(path)
+                inputs[file_key(path)] = str(path)
     taken: dict[str, int] = {}  # output -> the row number that claimed it
+    # a derived name lies directly in outdir: its key is outdir's, resolved once, and the name (no resolve per try;
+    # an existing link of that name is refused by check_rows)
+    outdir_key = _same_file_key(outdir)
+
+    def derived_key(name: str) -> str:
+        return os.path.normcase(os.path.join(outdir_key, name))
 
     def claim(row: Row, path: Path) -> str | None:
-        key = _same_file_key(path)
+        key = file_key(path)
         if key in inputs:
             return f"the output {path} would overwrite the input {inputs[key]}"
         if key in taken:
@@ -210,21 +237,29 @@ def assign_outputs(rows: list[Row], outdir: Path, save_masks: bool, protected: l
 
     for row in rows:  # the manifest's own names first: a derived name never takes one of them
         if row.error is None and row.output is not None:
+            written = row.output
             row.output = row.output if row.output.is_absolute() else outdir / row.output
             row.error = claim(row, row.output)
+            if row.error is None and (written.is_absolute() or _outside(row.output, outdir)):
+                row.error = (f"the output {written} is outside -o {outdir} (a manifest's output is a path inside -o, "
+                             "without '..' or links leading out)")  # fmt: skip
             if row.error is None and save_masks:
                 row.mask_output = mask_path(row.output)
                 row.error = claim(row, row.mask_output)
+    next_attempt: dict[str, int] = {}  # per stem, the first attempt not known to be taken: naming stays linear
     for row in rows:
         if row.error is not None or row.output is not None:
             continue
         stem = f"{row.image.stem}-no-{slug(row.target)}"
-        for attempt in range(1, len(rows) + len(inputs) + 2):
-            candidate = outdir / (f"{stem}.png" if attempt == 1 else f"{stem}-{attempt}.png")
-            wanted = [candidate] + ([mask_path(candidate)] if save_masks else [])
-            keys = [_same_file_key(p) for p in wanted]
+        attempt = next_attempt.get(stem, 1)
+        while True:  # ends: each attempt is refused only by a distinct name already taken or an input
+            name = f"{stem}.png" if attempt == 1 else f"{stem}-{attempt}.png"
+            candidate = outdir / name
+            keys = [derived_key(name)] + ([derived_key(mask_path(candidate).name)] if save_masks else [])
             if not any(k in inputs or k in taken for k in keys):
                 break
+            attempt += 1
+        next_attempt[stem] = attempt + 1
         row.output = candidate
         row.mask_output = mask_path(candidate) if save_masks else None
         for key in keys:
@@ -239,21 +274,31 @@ def outputs_complete(row: Row) -> bool:
 def remove_stale_temporaries(rows: list[Row]) -> int:
     """Deletes the temporary files a kill left behind while writing these rows' outputs (``write_image_atomically``
     names them ``.<stem>.<random><suffix>`` beside the output); returns how many."""
-    removed = 0
+    wanted: dict[Path, set[tuple[str, str]]] = {}  # folder -> (stem, suffix) of the outputs in it
     for row in rows:
         for path in row.outputs:
-            if path.parent.is_dir():
-                for stale in path.parent.glob(f".{glob.escape(path.stem)}.*{glob.escape(path.suffix or '.png')}"):
-                    stale.unlink(missing_ok=True)
-                    removed += 1
+            wanted.setdefault(path.parent, set()).add((path.stem, path.suffix or ".png"))
+    removed = 0
+    for folder, names in wanted.items():  # one listing per folder, not one per row: linear in the rows
+        if not folder.is_dir():
+            continue
+        suffixes = {suffix for _, suffix in names}
+        for entry in os.scandir(folder):
+            for suffix in suffixes:
+                if entry.name.startswith(".") and entry.name.endswith(suffix) and entry.is_file(follow_symlinks=False):
+                    stem = entry.name[1 : -len(suffix)].rpartition(".")[0]  # mkstemp's random part has no dot
+                    if (stem, suffix) in names:
+                        Path(entry.path).unlink(missing_ok=True)
+                        removed += 1
     return removed
 
 
 def group_rows(rows: list[Row]) -> list[list[Row]]:
     """Rows with the same image file and prompt, in the order their first row appears: one inversion each."""
     groups: dict[tuple[str, str], list[Row]] = {}
+    file_key = functools.lru_cache(maxsize=None)(_same_file_key)
     for row in rows:
-        groups.setdefault((_same_file_key(row.image), row.prompt), []).append(row)
+        groups.setdefault((file_key(row.image), row.prompt), []).append(row)
     return list(groups.values())
 
 
@@ -272,18 +317,47 @@ def append_record(path: Path, record: dict) -> None:
         os.fsync(handle.fileno())
 
 
+def _results_text(path: Path) -> str:
+    """The text of a results file ("" when there is none); one ``CommandError`` naming it when it cannot be read."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise CommandError(f"The results file {path} is {kind}; move it away (batch appends its records to a file).")
+    if not path.exists():
+        return ""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CommandError(f"The results file {path} is not UTF-8 (byte {error.start}); it was not written by batch: "
+                           "move it away or choose another -o.") from None  # fmt: skip
+    except OSError as error:
+        raise CommandError(f"Cannot read the results file {path}: {error.strerror or error}.") from None
+
+
+def _parse_record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_records(path: Path) -> list[dict]:
-    """The records of a results file, in order; a torn line (a kill during a write) is skipped."""
-    if not path.is_file():
-        return []
+    """The records of a results file, in order. A torn last line (a kill during a write: no newline, not a whole
+    record) is skipped; a last record lacking only its newline is kept. Any other line that is not a JSON object
+    is a ``CommandError`` naming the file and the line: a file that is not ours is never silently restarted."""
+    text = _results_text(path)
+    lines = text.splitlines()
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
-        if isinstance(record, dict):
-            records.append(record)
+        record = _parse_record(line)
+        if record is None:
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # torn by a kill
+            raise CommandError(f"The results file {path} has a line that is not a JSON record (line {number}); "
+                               "move it away or choose another -o.")  # fmt: skip
+        records.append(record)
     return records
 
 
@@ -308,11 +382,13 @@ def _umask() -> int:
 
 
 def repair_records(path: Path) -> None:
-    """Drops a torn last line, so the next append starts on a line of its own."""
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        if text and not text.endswith("\n"):
-            _replace_text_atomically(path, text[: text.rfind("\n") + 1])
+    """Ends the last line so the next append starts on a line of its own: a whole record lacking only its newline
+    gets one (it is never dropped), a torn one (a kill during the write) is removed."""
+    text = _results_text(path)
+    if text and not text.endswith("\n"):
+        head, _, last = text.rpartition("\n")
+        kept = head + "\n" if head else ""
+        _replace_text_atomically(path, text + "\n" if _parse_record(last) is not None else kept)
 
 
 def merge_process_records(outdir: Path) -> list[dict]:
@@ -323,7 +399,7 @@ def merge_process_records(outdir: Path) -> list[dict]:
         return []
     results = outdir / RESULTS_NAME
     repair_records(results)
-    existing = results.read_text(encoding="utf-8") if results.is_file() else ""
+    existing = _results_text(results)
     present = set(existing.splitlines())
     moved = sorted((r for part in parts for r in read_records(part)),
                    key=lambda r: (r.get("row", 0), r.get("output", "")))  # fmt: skip
@@ -399,7 +475,7 @@ def remove_group(pipe, group: list[Row], settings: BatchSettings, outdir: Path):
     failure does not stop the others; an unreadable image or a failed inversion fails every row of the group."""
     import torch
 
-    from .cli import map_to_image
+
     from .images import fit_within, load_image_rgb, restore_size
 
     start = time.perf_counter()
@@ -457,15 +533,31 @@ def _settings_for(pipe, args) -> BatchSettings:
     return BatchSettings(steps, call, args.seed, max_size, args.model, args.save_masks, invert)
 
 
-def _plan(rows: list[Row], tokenizer) -> tuple[list[Row], list[Row], list[list[Row]]]:
+def check_rows(rows: list[Row]) -> None:
+    """Everything about each row that needs no model, before the model loads: its image and mask exist as files,
+    and each output (inside -o already, see :func:`assign_outputs`) is not a folder, a link or another non-regular
+    file and names a format PIL can write. A problem becomes the row's ``error``; the other rows go on."""
+    is_file = functools.lru_cache(maxsize=None)(os.path.isfile)  # rows share images: each asked once
+    for row in rows:
+        for path, what in ((row.image, "image"), (row.mask, "mask")):
+            if row.error is None and path is not None and not is_file(path):
+                row.error = f"the {what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
+        for path in row.outputs if row.error is None else ():
+            row.error = output_problem(path)
+            if row.error is not None:
+                break
+
+
+def plan_rows(rows: list[Row], tokenizer) -> tuple[list[Row], list[Row], list[list[Row]]]:
     """``(failed, skipped, groups to run)``: rows with a known error (including a target not in the prompt), rows
     whose outputs all exist, and the rest grouped by image and prompt. Every process computes the same plan."""
     failed, skipped, pending = [], [], []
+    target_errors: dict[tuple[str, str], str | None] = {}  # manifests repeat their prompts and targets
     for row in rows:
-        if row.error is None and not row.image.is_file():
-            row.error = f"the image {row.image} does not exist" + (" (it is a folder)" if row.image.is_dir() else "")
         if row.error is None:
-            row.error = _check_target(tokenizer, row)
+            if (row.prompt, row.target) not in target_errors:
+                target_errors[row.prompt, row.target] = _check_target(tokenizer, row)
+            row.error = target_errors[row.prompt, row.target]
         if row.error is not None:
             failed.append(row)
         elif outputs_complete(row):
@@ -527,8 +619,6 @@ def process_state():
 
 def run_batch(args) -> int:
     """The ``batch`` command: 0 when every row is done or skipped, 1 when any row failed, 2 for a bad command."""
-    from tqdm.auto import tqdm
-
     outdir = Path(args.output)
     jobs = Path(args.jobs)
     if outdir.exists() and not outdir.is_dir():
@@ -539,15 +629,54 @@ def run_batch(args) -> int:
     results = outdir / RESULTS_NAME
     protected = [jobs] if jobs.is_file() else []
     assign_outputs(rows, outdir, args.save_masks, protected + [results])
+    check_rows(rows)
+    read_records(results)  # an unreadable results file is one line now, not after the model load
 
     state = process_state()
     main = state.is_main_process
+    with output_lock(outdir) if main else contextlib.nullcontext():
+        return _run_locked(args, rows, outdir, results, state, start=time.perf_counter())
+
+
+@contextlib.contextmanager
+def output_lock(outdir: Path):
+    """Holds an exclusive lock on the folder ``outdir`` for the run. A second run on the same -o is refused with one
+    line rather than queued (two runs would compute and record every row twice). The lock is the OS's
+    (``fcntl.flock`` on the folder itself), so it leaves no file in -o and dies with its process: a killed run never
+    leaves a stale lock. Where there is no ``fcntl`` (Windows), ``filelock`` holds ``OUTDIR/.magic-remover-batch.lock``."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    refusal = (f"Another batch run is writing into -o {outdir}; wait for it to end, or choose another -o.")
+    try:
+        import fcntl
+    except ImportError:
+        from filelock import FileLock, Timeout
+
+        try:
+            with FileLock(str(outdir / LOCK_NAME), timeout=0):
+                yield
+        except Timeout:
+            raise CommandError(refusal) from None
+        return
+    descriptor = os.open(outdir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CommandError(refusal) from None
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _run_locked(args, rows: list[Row], outdir: Path, results: Path, state, start: float) -> int:
+    from tqdm.auto import tqdm
+
+    main = state.is_main_process
     say = (lambda text: None) if args.quiet else (lambda text: tqdm.write(text, file=sys.stdout))
-    start = time.perf_counter()
-    pipe = load_pipeline(args.model, args.threads, device=state.device)
+    pipe = load_pipeline(args.model, args.threads, device=state.device, trust_remote_code=args.trust_remote_code)
     pipe.set_progress_bar_config(disable=True)
     settings = _settings_for(pipe, args)
-    failed, skipped, groups = _plan(rows, pipe.tokenizer)
+    failed, skipped, groups = plan_rows(rows, pipe.tokenizer)
 
     if main:
         _open_run(outdir, failed, skipped, groups, settings)
@@ -593,6 +722,7 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     batch.add_argument("--prompt", default=None, help="with a folder: the caption of every image")
     batch.add_argument("--target", default=None, help="with a folder: the word or phrase to remove from every image")
     batch.add_argument("--model", default=None, help="Hub id or local folder (default: the embedded model)")
+    add_trust_option(batch)
     batch.add_argument("--steps", type=positive_int, default=None,
                        help="DDIM steps (default: 50, or the embedded model's)")  # fmt: skip
     batch.add_argument("--inversion-method", choices=BATCH_INVERSION_METHODS, default=None,
@@ -601,7 +731,7 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     batch.add_argument("--max-size", type=positive_int, default=None,
                        help="process images whose longer side is larger scaled down to it, and write the results "
                        "at the input's size (default: 2x the trained size for small models, 1.5x for SD)")
-    batch.add_argument("--seed", type=int, default=0, help="random seed of every removal")
+    batch.add_argument("--seed", type=seed, default=0, help="random seed of every removal, 0 to 2**64 - 1")
     batch.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (per process)")
     batch.add_argument("--quiet", action="store_true", help="no progress bar and no line per image")
     batch.set_defaults(func=run_batch)

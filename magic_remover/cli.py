@@ -8,14 +8,34 @@ anything unexpected (``MAGIC_REMOVER_DEBUG=1`` shows its traceback); no output i
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from . import __version__
+from .cli_common import (  # noqa: F401  (re-exported: `from magic_remover.cli import CommandError, ...` keeps working)
+    SEED_RANGE,
+    CommandError,
+    add_common_options,
+    add_trust_option,
+    check_input_path,
+    check_output_path,
+    finite_float,
+    load_pipeline,
+    map_to_image,
+    non_negative_float,
+    non_negative_int,
+    object_count,
+    positive_int,
+    quiet_libraries,
+    removal_settings,
+    removal_steps,
+    seed,
+    unit_interval,
+    write_image_atomically,
+    write_images_atomically,
+)
 
 EXAMPLES = """\
 examples:
@@ -31,124 +51,6 @@ examples:
   magic-remover batch photos/ --prompt "a photo of a dog on the grass" --target dog -o removed/
   accelerate launch --multi_gpu --num_processes 2 -m magic_remover.cli batch jobs.csv -o removed/  # 2 GPUs (or CPUs)
 """
-
-
-class CommandError(Exception):
-    """A problem the user can fix; printed without a traceback."""
-
-
-def _embedded_model() -> str:
-    from . import EMBEDDED_MODEL
-
-    if not (Path(EMBEDDED_MODEL) / "model_index.json").is_file():
-        raise CommandError(f"The embedded model is missing from this installation ({EMBEDDED_MODEL}).")
-    return EMBEDDED_MODEL
-
-
-def load_pipeline(model: str | None, threads: int | None = None, device=None):
-    """Loads a MagicRemoverPipeline from the embedded model, a local folder or a Hub id, with a plain error offline;
-    onto ``device``, or CUDA when there is one."""
-    import torch
-
-    from .pipeline_magic_remover import MagicRemoverPipeline
-
-    if threads:
-        torch.set_num_threads(threads)
-    source = model or _embedded_model()
-    try:
-        with _library_notices_silenced():
-            pipe = MagicRemoverPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError) as error:
-        where = "folder" if Path(source).exists() else "Hub model id"
-        raise CommandError(
-            f"Cannot load the model {source!r} ({where}): {str(error).splitlines()[0]}\n"
-            "Without network access only local folders and models already in the Hugging Face cache can be loaded "
-            "(set HF_HUB_OFFLINE=1 to use the cache)."
-        ) from None
-    if device is not None:
-        pipe = pipe.to(device)
-    elif torch.cuda.is_available():
-        pipe = pipe.to("cuda")
-    return pipe
-
-
-class _library_notices_silenced:
-    """transformers and diffusers at error verbosity while a model loads: their notices (e.g. transformers' "requires
-    torchvision ... falling back" for image processors a Stable Diffusion folder names) are not the user's business;
-    errors still show."""
-
-    def __enter__(self):
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        self.loggers = (diffusers_logging, transformers_logging)
-        self.levels = [lib.get_verbosity() for lib in self.loggers]
-        for lib in self.loggers:
-            lib.set_verbosity_error()
-
-    def __exit__(self, *exc):
-        for lib, level in zip(self.loggers, self.levels):
-            lib.set_verbosity(level)
-
-
-def quiet_libraries() -> None:
-    """``--quiet``: no progress bars from diffusers, transformers or huggingface_hub (the pipeline's own are turned off
-    where it is built)."""
-    from diffusers.utils import logging as diffusers_logging
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    disable_progress_bars()
-
-
-def removal_settings(model: str | None, steps: int | None = None) -> tuple[int, dict]:
-    """``(steps, call settings)`` the model folder ships (``magic_remover_defaults.json``, read as
-    ``from_pretrained`` reads it into ``pipe.removal_defaults``), for callers that pass settings explicitly, such as
-    the web page; ``steps`` overrides the number of DDIM steps. A Hub id or a folder without the file: ``{}``."""
-    from .pipeline_magic_remover import read_removal_defaults
-
-    folder = Path(model) if model is not None else Path(_embedded_model())
-    settings = read_removal_defaults(folder) if folder.is_dir() else {}
-    default_steps = settings.pop("num_inference_steps", 50)
-    return steps or default_steps, settings
-
-
-def removal_steps(pipe, steps: int | None = None) -> int:
-    """The DDIM steps of a call: ``--steps``, else the model's own (``pipe.removal_defaults``, read by
-    ``from_pretrained`` from its ``magic_remover_defaults.json``), else the paper's 50. Every other tuned setting
-    reaches the call through the pipeline itself."""
-    return steps or pipe.removal_defaults.get("num_inference_steps", 50)
-
-
-def write_image_atomically(image, path: Path, force: bool, protected: list[Path]) -> None:
-    """Writes ``image`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    write_images_atomically([(image, Path(path))], force, protected)
-
-
-def write_images_atomically(outputs: list, force: bool, protected: list[Path]) -> None:
-    """Writes every ``(image, path)`` through a temporary file beside it, then renames them all: when any image cannot
-    be saved, no output is touched."""
-    for _, path in outputs:
-        check_output_path(Path(path), force, protected)
-    temporaries = []
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        for image, path in outputs:
-            path = Path(path)
-            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
-            os.close(descriptor)
-            temporaries.append(temporary)
-            os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; outputs get the usual permissions
-            image.save(temporary, format=None if path.suffix else "PNG")
-        for temporary, (_, path) in zip(temporaries, outputs):
-            os.replace(temporary, path)
-    except BaseException:
-        for temporary in temporaries:
-            Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def psnr(a, b, region=None) -> float:
@@ -177,13 +79,6 @@ def figure(panels: list, labels: list[str], scale: int = 4):
         draw.text((x + 2, 2), label, fill="black")
         x += tile.width + gap
     return canvas
-
-
-def map_to_image(attention_map):
-    import numpy as np
-    from PIL import Image
-
-    return Image.fromarray((np.clip(attention_map, 0, 1) * 255).astype(np.uint8), mode="L")
 
 
 def command_demo(args) -> int:
@@ -226,7 +121,7 @@ def command_remove(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from .images import default_max_size, fit_within, load_image_rgb, restore_size, trained_size
+    from .images import default_max_size, fit_within, load_image_rgb, load_mask, restore_size, trained_size
 
     image_path = Path(args.image)
     check_input_path(image_path, "Input image")
@@ -243,16 +138,15 @@ def command_remove(args) -> int:
     except ValueError as error:
         raise CommandError(f"Cannot read the input image: {error}") from None
     mask = None
-    if args.mask:
+    if args.mask:  # read as batch reads it: bounded, EXIF orientation applied
         try:
-            with Image.open(args.mask) as opened:
-                mask = opened.convert("L")
-        except (OSError, ValueError) as error:
-            raise CommandError(f"Cannot read the mask {args.mask}: {error}") from None
+            mask = load_mask(args.mask)
+        except ValueError as error:
+            raise CommandError(f"Cannot read the mask: {error}") from None
 
     import torch
 
-    pipe = load_pipeline(args.model, args.threads)
+    pipe = load_pipeline(args.model, args.threads, trust_remote_code=args.trust_remote_code)
     pipe.set_progress_bar_config(disable=args.quiet)
     max_size = args.max_size if args.max_size is not None else default_max_size(trained_size(pipe))
     processed = fit_within(image, max_size or None)
@@ -293,7 +187,7 @@ def command_ui(args) -> int:
         raise CommandError('The web page needs Gradio: pip install "magic-remover[ui]"') from None
     from .scenes import make_scene
 
-    pipe = load_pipeline(args.model, args.threads)  # before the server starts, so a bad --model is one line
+    pipe = load_pipeline(args.model, args.threads, trust_remote_code=args.trust_remote_code)  # before the server starts, so a bad --model is one line
     steps, settings = removal_settings(args.model, args.steps)
     app = ui.build_app(lambda: pipe, settings=settings, steps=steps, make_scene=make_scene,
                        scene_size=64 if args.model is None else 512, model_name=args.model or "embedded tiny-shapes")  # fmt: skip
@@ -302,106 +196,11 @@ def command_ui(args) -> int:
     return 0
 
 
-def check_input_path(path: Path, what: str) -> None:
-    if path.is_dir():
-        raise CommandError(f"{what} {path} is a folder; give an image file.")
-    if not path.is_file():
-        raise CommandError(f"{what} {path} does not exist.")
-
-
-def check_output_path(path: Path, force: bool, protected: list[Path]) -> None:
-    """Everything that would stop ``path`` from being written, checked before any work: it is an input, exists
-    without ``--force``, is a folder, names a format PIL cannot write, or lies in a missing or read-only folder."""
-    from PIL import Image
-
-    for other in protected:
-        if path.resolve() == Path(other).resolve():
-            raise CommandError(f"Refusing to write {path}: it is the input {other}; choose another output path.")
-    if path.is_dir():
-        raise CommandError(f"{path} is a folder; give a file name for the output, e.g. {path / 'result.png'}.")
-    if path.exists() and not force:
-        raise CommandError(f"{path} already exists; pass --force to overwrite it.")
-    if path.suffix:
-        image_format = Image.registered_extensions().get(path.suffix.lower())
-        if image_format is None or image_format not in Image.SAVE:
-            raise CommandError(f"Cannot write {path}: PIL cannot save {path.suffix!r} files; use .png, .jpg or .webp.")
-    folder = path.parent
-    if not folder.is_dir():
-        raise CommandError(f"Cannot write {path}: the folder {folder} does not exist.")
-    try:  # os.access misses read-only mounts and ACLs: try what the atomic write will do
-        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".probe")
-        os.close(descriptor)
-        os.unlink(probe)
-    except OSError as error:
-        raise CommandError(f"Cannot write {path}: the folder {folder} is not writable ({error.strerror}).") from None
-
-
-def _integer_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-    return value
-
-
-SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed accepts
-
-
-def seed(text: str) -> int:
-    value = _integer_at_least(text, SEED_RANGE[0])
-    if value > SEED_RANGE[1]:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {value}")
-    return value
-
-
-def finite_float(text: str, low: float | None = None, high: float | None = None) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise argparse.ArgumentTypeError(f"expected a number {bounds}, got {value}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    return finite_float(text, 0.0, 1.0)
-
-
-def non_negative_float(text: str) -> float:
-    return finite_float(text, 0.0)
-
-
-def positive_int(text: str) -> int:
-    return _integer_at_least(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return _integer_at_least(text, 0)
-
-
-def object_count(text: str) -> int:
-    value = positive_int(text)
-    if value > 3:
-        raise argparse.ArgumentTypeError(f"scenes hold 1 to 3 objects, got {value}")
-    return value
-
-
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse, with its errors on one line (``magic-remover remove: error: ...; see --help``), exit 2."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """Options every subcommand has."""
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or notices (errors still print)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("-o", "--output", required=True, help="where to write the result")
     remove.add_argument("--mask", default=None, help="optional mask image, white where removal may happen")
     remove.add_argument("--model", default=None, help="Hub id or local folder (default: the embedded model)")
+    add_trust_option(remove)
     remove.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: 50, or the embedded model's)")
     remove.add_argument("--lambda", dest="erase_lambda", type=unit_interval, default=None,
                         help="lambda of eq. 7, in [0, 1] (default 0.8)")  # fmt: skip
@@ -454,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     page = sub.add_parser("ui", help='a web page to try removal in the browser (pip install "magic-remover[ui]")',
                           epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     page.add_argument("--model", default=None, help="Hub id or local folder (default: the embedded model)")
+    add_trust_option(page)
     page.add_argument("--host", default=DEFAULT_HOST, help="address to serve on (0.0.0.0 exposes the page to the network)")
     page.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help="port to serve on")
     page.add_argument("--steps", type=positive_int, default=None, help="the form's initial DDIM steps (default: the model's)")

@@ -17,10 +17,11 @@ configured with (``HF_ENDPOINT``).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
-from .cli import CommandError, add_common_options
+from .cli_common import CommandError, add_common_options
 
 #: The Hub repository of the pipeline code that the README's example names until a repo id is known.
 REPO_ID_PLACEHOLDER = "<this repo id>"
@@ -164,6 +165,16 @@ def find_model_card() -> Path:
     )
 
 
+def refuse_links(directory: Path) -> None:
+    """A ``HubError`` naming the first symbolic link inside ``directory``: ``export`` would write through it to the file
+    it points at, outside the folder, and ``push`` would upload that file (a token file named README.md, say)."""
+    for root, folders, files in os.walk(directory):  # os.walk does not descend into linked folders: they are listed
+        for name in sorted(folders + files):
+            if os.path.islink(os.path.join(root, name)):
+                raise HubError(f"{Path(root) / name} is a symbolic link; export and push use only plain files in "
+                               f"{directory}: replace it with the file itself or remove it.")  # fmt: skip
+
+
 def export(directory, force: bool = False, repo_id: str | None = None, space: bool = False) -> list[Path]:
     """Writes the code repository into ``directory`` and returns the files written.
 
@@ -180,6 +191,8 @@ def export(directory, force: bool = False, repo_id: str | None = None, space: bo
         raise HubError(f"{directory} exists and is not a folder.")
     if directory.is_dir() and any(directory.iterdir()) and not force:
         raise HubError(f"{directory} is not empty; pass --force to overwrite the exported files in it.")
+    if directory.is_dir():
+        refuse_links(directory)
     if (directory / "model_index.json").exists():
         raise HubError(
             f"{directory} holds a model (model_index.json); export the code into its own folder, or save a model "
@@ -233,6 +246,7 @@ def push(
             else:
                 folder = Path(directory)
                 _check_exported(folder)
+                refuse_links(folder)
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)

@@ -13,6 +13,9 @@ model. Every PIL mode becomes 8-bit RGB the way a viewer shows it:
 from __future__ import annotations
 
 import os
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,21 +72,102 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
-def load_image_rgb(path: str | os.PathLike) -> PIL.Image.Image:
-    """Reads an image file as 8-bit RGB: EXIF orientation applied (as diffusers' ``load_image`` does), then
-    :func:`to_rgb`. Raises ``ValueError`` for a path that is a folder or is missing, or a file PIL cannot read."""
+#: The most pixels (width x height) an image file may declare: 64 megapixels, 8192x8192 (a 50-megapixel camera's
+#: photo fits). Checked from the header before any pixel is decoded, so a small file claiming a huge size (a
+#: decompression bomb) costs nothing; PIL's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, ~89 Mpx) only warns.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def _png_pixel_bytes(header: bytes) -> int:
+    """How many bytes of filtered scanlines a PNG with this IHDR payload decompresses to (Adam7 passes included)."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header[:13])
+    samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
+
+    def rows(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * samples * depth + 7) // 8)
+
+    if not interlace:
+        return rows(width, height)
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    return sum(rows((width - x + dx - 1) // dx, (height - y + dy - 1) // dy) for x, y, dx, dy in passes)
+
+
+def _png_is_truncated(path: Path) -> bool:
+    """Whether a PNG's image data ends before its last row. PIL fills the missing rows with black without a word
+    when the compressed stream itself is complete, so the rows are counted here."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    position, header, compressed = 8, b"", []
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if kind == b"IHDR":
+            header = data[position + 8 : position + 8 + length]
+        elif kind == b"IDAT":
+            compressed.append(data[position + 8 : position + 8 + length])
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    if len(header) < 13:
+        return True
+    expected = _png_pixel_bytes(header)
+    inflater, produced = zlib.decompressobj(), 0
+    try:
+        for piece in compressed:
+            while piece and produced <= expected:
+                produced += len(inflater.decompress(piece, 1 << 20))
+                piece = inflater.unconsumed_tail
+        produced += len(inflater.flush()) if produced <= expected else 0
+    except zlib.error:
+        return True
+    return produced < expected
+
+
+def open_image_bounded(path: str | os.PathLike) -> PIL.Image.Image:
+    """Reads an image file for the pipeline, bounded: the pixel count its header declares is checked against
+    :data:`MAX_IMAGE_PIXELS` before decoding, a file with several frames or pages is refused (which one was meant
+    cannot be guessed), a file whose data ends early is refused (PIL would pad it with black), and the EXIF
+    orientation is applied (as diffusers' ``load_image`` does). Returns the image in its own mode; raises
+    ``ValueError`` with one line naming the file for each problem, and for a missing file or a folder."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not an image file.")
     if not path.is_file():
         raise ValueError(f"{path} does not exist.")
     try:
-        with PIL.Image.open(path) as opened:
-            opened.load()
-            image = PIL.ImageOps.exif_transpose(opened)
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"cannot read {path} as an image: {error}") from None
-    return to_rgb(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)  # our own, lower bound is checked below
+            with PIL.Image.open(path) as opened:
+                width, height = opened.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ValueError(
+                        f"{path} declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} this reader "
+                        "decodes (images.MAX_IMAGE_PIXELS); scale it down first."
+                    )
+                frames = getattr(opened, "n_frames", 1)
+                if frames > 1:
+                    raise ValueError(f"{path} holds {frames} frames or pages; save the one to use as a single image.")
+                opened.load()
+                if opened.format == "PNG" and _png_is_truncated(path):
+                    raise ValueError(f"{path} is truncated: its image data ends before its last row.")
+                image = PIL.ImageOps.exif_transpose(opened)
+    except PIL.Image.DecompressionBombError:  # a header beyond even PIL's limit: refused by PIL.Image.open itself
+        raise ValueError(f"{path} declares more pixels than the {MAX_IMAGE_PIXELS:,} this reader decodes "
+                         "(images.MAX_IMAGE_PIXELS); scale it down first.") from None  # fmt: skip
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError, struct.error, EOFError) as error:
+        raise ValueError(f"cannot read {path} as an image: {str(error).splitlines()[0] if str(error) else error!r}") from None
+    return image
+
+
+def load_image_rgb(path: str | os.PathLike) -> PIL.Image.Image:
+    """Reads an image file as 8-bit RGB through :func:`open_image_bounded` (bounded, EXIF orientation applied),
+    then :func:`to_rgb`. Every reader of an image file (CLI, ``batch``, the web page) goes through here."""
+    return to_rgb(open_image_bounded(path))
+
+
+def load_mask(path: str | os.PathLike) -> PIL.Image.Image:
+    """Reads a mask file as 8-bit grey, exactly as :func:`load_image_rgb` reads an image (bounded, EXIF orientation
+    applied, so a mask saved by the same camera or editor as its image stays aligned with it)."""
+    return load_image_rgb(path).convert("L")
 
 
 def fit_within(image: PIL.Image.Image, max_size: int | None) -> PIL.Image.Image:
@@ -139,11 +223,14 @@ def is_far_beyond(height: int, width: int, trained: int, factor: float = OVERSIZ
 __all__ = [
     "ALPHA_MODES",
     "OVERSIZE_FACTOR",
+    "MAX_IMAGE_PIXELS",
     "WIDE_INTEGER_MODES",
     "default_max_size",
     "fit_within",
     "is_far_beyond",
     "load_image_rgb",
+    "load_mask",
+    "open_image_bounded",
     "restore_size",
     "to_rgb",
     "trained_size",

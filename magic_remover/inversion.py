@@ -8,6 +8,7 @@ stay independent of processors, offloading and dtypes, and so tests can call the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -126,6 +127,72 @@ class DDIMSchedule:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Which model made an inversion
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Weight samples per tensor in :func:`model_fingerprint`: evenly strided, so a fine-tune or a fused LoRA (which move
+#: every weight of the layers they touch) changes them, while reading them costs next to nothing.
+FINGERPRINT_SAMPLES = 64
+
+
+def _config_for_fingerprint(module) -> dict:
+    """A component's architecture config without what says where or how it was loaded (paths, library versions,
+    dtype): the same checkpoint loaded from two folders or at two precisions has the same fingerprint."""
+    config = getattr(module, "config", None)
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    return {key: value for key, value in config.items()
+            if not key.startswith("_") and key not in ("transformers_version", "torch_dtype", "dtype")}  # fmt: skip
+
+
+@torch.no_grad()
+def model_fingerprint(unet, text_encoder, vae) -> str:
+    """A short digest of the models an inversion depends on: each component's class and config, and for every
+    weight tensor its name, shape and :data:`FINGERPRINT_SAMPLES` evenly strided values rounded to float16 (so a
+    float32 pipeline and its float16 copy agree). Reads no weight in full: milliseconds on Stable Diffusion."""
+    digest, samples = hashlib.sha256(), []
+    for name, module in (("unet", unet), ("text_encoder", text_encoder), ("vae", vae)):
+        config = json.dumps(_config_for_fingerprint(module), sort_keys=True, default=str)
+        weights = module.state_dict(keep_vars=True)
+        layout = ";".join(f"{weight_name}:{tuple(weight.shape)}" for weight_name, weight in weights.items())
+        digest.update(f"{name}:{type(module).__name__}:{config}:{layout}".encode())
+        for weight in weights.values():
+            if weight.is_floating_point() and weight.device.type != "meta" and weight.numel():
+                flat = weight.detach().view(-1) if weight.is_contiguous() else weight.detach().reshape(-1)
+                samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES])
+    if samples:  # one conversion and one copy to the CPU for all of them when they share a device and dtype
+        if len({(sample.device, sample.dtype) for sample in samples}) > 1:  # offloaded or mixed-precision parts
+            samples = [sample.to("cpu", torch.float16) for sample in samples]
+        digest.update(torch.cat(samples).to(torch.float16).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_inversion_model(inversion: "MagicRemoverInversion", unet, text_encoder, vae) -> None:
+    """A ``ValueError`` naming both models when ``inversion`` was made with other weights or another architecture
+    than ``unet``, ``text_encoder`` and ``vae``: its latents and embeddings mean nothing to another model (another
+    checkpoint of the same architecture reconstructs badly without a word; another architecture fails deep in
+    torch). Inversions saved before fingerprints were recorded are not checked."""
+    if inversion.model_fingerprint is None:
+        return
+    here = model_fingerprint(unet, text_encoder, vae)
+    if here != inversion.model_fingerprint:
+        raise ValueError(
+            f"`inversion` was made with another model (fingerprint {inversion.model_fingerprint}"
+            f"{_named(inversion.model_name)}) than this pipeline's (fingerprint {here}{_named(model_name(unet))}); "
+            "invert the image again with this pipeline."
+        )
+
+
+def model_name(unet) -> str | None:
+    """Where the UNet was loaded from (``config._name_or_path``), for messages; None when unknown."""
+    name = getattr(getattr(unet, "config", None), "_name_or_path", None)
+    return str(name) if name else None
+
+
+def _named(name: str | None) -> str:
+    return f", {name!r}" if name else ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Inversion results
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -147,6 +214,8 @@ class MagicRemoverInversion:
         final_losses: the null-text loss at the last inner iteration of each step (empty for other methods).
         clip_skip, lora_scale: how the prompt was encoded and the UNet ran (``clip_skip`` and
             ``cross_attention_kwargs["scale"]`` of the call); a removal reusing the inversion must match them.
+        model_fingerprint, model_name: which UNet, text encoder and VAE made it (:func:`model_fingerprint`, and
+            where the UNet was loaded from); a removal or ``load(path, pipeline)`` with other models is refused.
     """
 
     latents: torch.Tensor
@@ -162,6 +231,8 @@ class MagicRemoverInversion:
     final_losses: list[float] = field(default_factory=list)
     clip_skip: int | None = None
     lora_scale: float = 1.0
+    model_fingerprint: str | None = None
+    model_name: str | None = None
 
     @property
     def batch_size(self) -> int:
@@ -185,11 +256,23 @@ class MagicRemoverInversion:
             final_losses=list(self.final_losses),
             clip_skip=self.clip_skip,
             lora_scale=self.lora_scale,
+            model_fingerprint=self.model_fingerprint,
+            model_name=self.model_name,
         )
 
     def save(self, path) -> None:
-        """Writes the inversion to one ``.safetensors`` file (tensors, with the settings as metadata)."""
+        """Writes the inversion to one ``.safetensors`` file (tensors, with the settings as metadata); a ``ValueError``
+        naming ``path`` when its folder does not exist or it is a folder."""
+        from pathlib import Path
+
         from safetensors.torch import save_file
+
+        target = Path(path)
+        if target.is_dir():
+            raise ValueError(f"Cannot save the inversion to {target}: it is a folder; give a file name, e.g. "
+                             f"{target / 'inversion.safetensors'}.")  # fmt: skip
+        if not target.parent.is_dir():
+            raise ValueError(f"Cannot save the inversion to {target}: the folder {target.parent} does not exist.")
 
         tensors = {
             "latents": self.latents.detach().float().cpu().contiguous(),
@@ -207,11 +290,15 @@ class MagicRemoverInversion:
             "final_losses": self.final_losses,
             "clip_skip": self.clip_skip,
             "lora_scale": self.lora_scale,
+            "model_fingerprint": self.model_fingerprint,
+            "model_name": self.model_name,
         }
         save_file(tensors, str(path), metadata={"magic_remover_inversion": json.dumps(settings)})
 
     @classmethod
-    def load(cls, path) -> "MagicRemoverInversion":
+    def load(cls, path, pipeline=None) -> "MagicRemoverInversion":
+        """Reads a file written by :meth:`save`, checking every field; with ``pipeline``, also that it was made with
+        that pipeline's UNet, text encoder and VAE (:func:`check_inversion_model`; a removal call checks it too)."""
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -227,7 +314,7 @@ class MagicRemoverInversion:
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: its inversion settings are not valid JSON ({error}).") from None
         check_saved_inversion(tensors, settings, str(path))
-        return cls(
+        inversion = cls(
             **tensors,
             prompt=settings["prompt"],
             num_inference_steps=settings["num_inference_steps"],
@@ -238,13 +325,19 @@ class MagicRemoverInversion:
             final_losses=settings["final_losses"],
             clip_skip=settings.get("clip_skip"),  # files from before these were recorded: the defaults
             lora_scale=settings.get("lora_scale", 1.0),
+            model_fingerprint=settings.get("model_fingerprint"),
+            model_name=settings.get("model_name"),
         )
+        if pipeline is not None:
+            check_inversion_model(inversion, pipeline.unet, pipeline.text_encoder, pipeline.vae)
+        return inversion
 
 
 SAVED_TENSORS = ("latents", "null_embeddings", "prompt_embeds", "timesteps")
 SAVED_SETTINGS = ("prompt", "num_inference_steps", "guidance_scale", "method", "image_size", "processing_size",
                   "final_losses")  # fmt: skip
-OPTIONAL_SETTINGS = ("clip_skip", "lora_scale")  # absent from files saved before they were recorded
+# absent from files saved before they were recorded
+OPTIONAL_SETTINGS = ("clip_skip", "lora_scale", "model_fingerprint", "model_name")
 
 
 def check_saved_inversion(tensors: dict, settings, where: str) -> None:
@@ -286,6 +379,9 @@ def check_saved_inversion(tensors: dict, settings, where: str) -> None:
         raise bad("clip_skip", "None or an int >= 0", clip_skip)
     if not (isinstance(lora_scale, (int, float)) and not isinstance(lora_scale, bool) and abs(lora_scale) < float("inf")):
         raise bad("lora_scale", "a finite number", lora_scale)
+    for name in ("model_fingerprint", "model_name"):
+        if not (settings.get(name) is None or isinstance(settings.get(name), str)):
+            raise bad(name, "a str or null", settings.get(name))
     losses = settings["final_losses"]
     if not (isinstance(losses, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in losses)):
         raise bad("final_losses", "a list of numbers", losses)
@@ -425,13 +521,17 @@ def timesteps_in_range(timesteps: Sequence[int], low: float, high: float) -> lis
 __all__ = [
     "DDIMSchedule",
     "INVERSION_METHODS",
+    "FINGERPRINT_SAMPLES",
     "MagicRemoverInversion",
     "SCALE_FREE_METHODS",
     "classifier_free_guidance",
+    "check_inversion_model",
     "classifier_optimization_step",
     "ddim_inversion",
     "ddim_step",
     "direct_inversion_correction",
+    "model_fingerprint",
+    "model_name",
     "null_text_optimization",
     "predict_x0",
     "timesteps_in_range",

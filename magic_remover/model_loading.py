@@ -128,18 +128,30 @@ class MagicRemoverLoadingMixin:
         """``DiffusionPipeline.from_pretrained``, returning this class.
 
         A folder written by :meth:`save_pretrained` carries ``pipeline.py``. When that code is byte-identical to this
-        installation's there is nothing foreign to trust, so it loads without ``trust_remote_code``; any other code
-        still needs the user's explicit ``trust_remote_code=True``, as diffusers requires.
+        installation's, the folder loads as this class (see :meth:`load_config`) and none of its code is imported;
+        any other code, and any custom component module, still needs the user's explicit ``trust_remote_code=True``,
+        as diffusers requires: trust is never widened.
         """
         folder = Path(os.fspath(pretrained_model_name_or_path))
-        if "custom_pipeline" not in kwargs and folder.is_dir() and carries_code(folder, inspect.getfile(cls)):
-            kwargs.setdefault("trust_remote_code", True)
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipeline, cls) and type(pipeline).__name__ == cls.__name__:
             pipeline = cls(**pipeline.components)
         if folder.is_dir():  # the model's tuned settings, used for every argument a call leaves out
             pipeline._removal_defaults = read_settings(folder, cls.call_arguments())
         return pipeline
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``ConfigMixin.load_config``; a local folder that names ``["pipeline", <this class>]`` and carries this
+        installation's exact code gets this class's plain name, so diffusers uses this class instead of importing the
+        folder's copy. Trust is not widened: custom component modules still need ``trust_remote_code=True``."""
+        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        folder = Path(os.fspath(pretrained_model_name_or_path))
+        if (config.get("_class_name") == ["pipeline", cls.__name__] and folder.is_dir()
+                and carries_code(folder, inspect.getfile(cls))):  # fmt: skip
+            config["_class_name"] = cls.__name__
+        return loaded
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):

@@ -51,7 +51,10 @@ from .inversion import (
     DDIMSchedule,
     MagicRemoverInversion,
     ddim_inversion,
+    check_inversion_model,
     ddim_step,
+    model_fingerprint,
+    model_name,
     null_text_optimization,
     to_epsilon,
 )
@@ -398,6 +401,8 @@ class MagicRemoverPipeline(
             final_losses=losses,
             clip_skip=clip_skip,
             lora_scale=1.0 if lora_scale is None else float(lora_scale),
+            model_fingerprint=model_fingerprint(self.unet, self.text_encoder, self.vae),
+            model_name=model_name(self.unet),
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -472,6 +477,8 @@ class MagicRemoverPipeline(
             raise ValueError("Pass `image` (to invert) or `inversion` (from `pipe.invert`).")
         if inversion is not None and not isinstance(inversion, MagicRemoverInversion):
             raise TypeError(f"`inversion` must be a MagicRemoverInversion from `pipe.invert`, got {type(inversion).__name__}.")
+        if inversion is not None:  # made by these models: refused before any model pass
+            check_inversion_model(inversion, self.unet, self.text_encoder, self.vae)
         batch = self._check_image(image)[0] if image is not None else inversion.batch_size
         if prompt is None and inversion is None:
             raise ValueError("`prompt` is required: a caption of the image that names the target.")

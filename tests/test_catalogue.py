@@ -378,7 +378,7 @@ def cli(tmp_path, tiny, counter, monkeypatch, capsys):
     import magic_remover.cli as cli_module
 
     make_test_image((32, 32)).save(tmp_path / "photo.png")
-    monkeypatch.setattr(cli_module, "load_pipeline", lambda model, threads=None: tiny)
+    monkeypatch.setattr(cli_module, "load_pipeline", lambda model, threads=None, **options: tiny)
     monkeypatch.chdir(tmp_path)
 
     def run(*argv):
