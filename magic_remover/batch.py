@@ -98,11 +98,27 @@ def _row_from_fields(number: int, fields: dict, base: Path) -> Row:
     row.output = Path(values["output"]) if values["output"] else None  # relative to OUTDIR: resolved by assign_outputs
     unknown = sorted(set(fields) - set(columns))
     missing = [k for k in REQUIRED_COLUMNS if not values[k]]
+    outside = [what for what, path in (("image", row.image), ("mask", row.mask))
+               if path is not None and not inside_folder(path, base)]  # fmt: skip
     if unknown:
         row.error = f"unknown field(s) {', '.join(unknown)}; expected {', '.join(columns)}"
     elif missing:
         row.error = f"missing {', '.join(missing)}"
+    elif outside:
+        row.error = (f"the {' and '.join(outside)} path lies outside the manifest's folder {base} (after following "
+                     "links); a manifest names files beside it or below it")
     return row
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved(path: Path) -> Path:
+    return path.resolve()
+
+
+def inside_folder(path: Path, folder: Path) -> bool:
+    """Whether ``path``, links followed, lies in ``folder`` (links followed) or below it. Rows share images and
+    folders, so each path is resolved once."""
+    return _resolved(path).is_relative_to(_resolved(folder))
 
 
 def _read_csv(path: Path) -> list[Row]:
@@ -154,7 +170,8 @@ def _read_folder(folder: Path, prompt: str, target: str) -> list[Row]:
 
 def read_jobs(jobs: str | os.PathLike, prompt: str | None = None, target: str | None = None) -> list[Row]:
     """The rows of a CSV or JSONL manifest, or one row per image of a folder (then ``prompt`` and ``target`` are
-    required). Image and mask paths are taken relative to the manifest's folder; outputs stay as written (they are
+    required). Image and mask paths are taken relative to the manifest's folder and must stay in it (links
+    followed); outputs stay as written (they are
     relative to OUTDIR). A problem with the whole manifest raises ``CommandError``; one with a row is kept on the row
     (``row.error``) so that the others can go on."""
     jobs = Path(jobs)

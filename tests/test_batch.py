@@ -100,7 +100,8 @@ def test_read_jobs_from_csv_jsonl_and_folder(tmp_path):
     assert [r.image for r in rows] == [tmp_path / "sub" / "a.png", Path("/abs/b.png"), tmp_path / "sub" / "c.png"]
     assert rows[0].output == Path("x/a.png") and rows[1].output is None  # outputs: relative to OUTDIR, later
     assert rows[1].mask == tmp_path / "sub" / "m.png" and rows[0].mask is None
-    assert [r.error for r in rows[:2]] == [None, None] and "missing prompt" in rows[2].error
+    assert rows[0].error is None and "missing prompt" in rows[2].error
+    assert "image path lies outside the manifest's folder" in rows[1].error  # an absolute path elsewhere
 
     jsonl = tmp_path / "jobs.jsonl"
     jsonl.write_text(

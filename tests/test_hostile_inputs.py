@@ -21,6 +21,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import PROMPT
+from test_batch import write_csv
 from test_catalogue import PassCounter, counter, tiny  # noqa: F401  (fixtures: the catalogue's tiny pipeline, counted)
 from tiny_components import make_test_image, tiny_components
 
@@ -518,3 +519,21 @@ def test_no_import_circles_between_the_commands():
 
 def test_commands_keep_their_names_where_users_import_them():
     assert cli_module.CommandError is CommandError is batch_module.CommandError
+
+
+def test_security_manifest_inputs_stay_in_the_manifests_folder(tmp_path):
+    """A manifest names files beside or below it: ``..``, an absolute path elsewhere and a linked folder that leads
+    out are row errors before any model work; an absolute path inside and a link that stays inside are fine."""
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "jobs" / "out").symlink_to(tmp_path / "secret")
+    (tmp_path / "jobs" / "same").symlink_to(tmp_path / "jobs")
+    rows = batch_module.read_jobs(write_csv(tmp_path / "jobs" / "jobs.csv", [
+        {"image": "../secret/a.png", "prompt": PROMPT, "target": "ball", "mask": ""},
+        {"image": str(tmp_path / "secret" / "a.png"), "prompt": PROMPT, "target": "ball", "mask": ""},
+        {"image": "out/a.png", "prompt": PROMPT, "target": "ball", "mask": ""},
+        {"image": "a.png", "prompt": PROMPT, "target": "ball", "mask": "../m.png"},
+        {"image": str(tmp_path / "jobs" / "a.png"), "prompt": PROMPT, "target": "ball", "mask": "same/m.png"},
+    ], fields=("image", "prompt", "target", "mask")))  # fmt: skip
+    assert ["outside the manifest's folder" in (r.error or "") for r in rows] == [True, True, True, True, False]
+    assert "mask path" in rows[3].error and "image" not in rows[3].error.split("path")[0]
