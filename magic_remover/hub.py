@@ -45,7 +45,7 @@ SPACE_REQUIREMENTS = (
     "numpy>=1.24",
     "Pillow>=9.0",
     "opencv-python-headless>=4.8",
-    "gradio>=5.0,<7",
+    "gradio>=5.9,<7",
 )
 #: The checkpoint the Space loads unless its ``MAGIC_REMOVER_MODEL`` variable names another.
 SPACE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -130,7 +130,7 @@ def space_readme(card: str) -> str:
     try:
         gradio_version = metadata.version("gradio")
     except metadata.PackageNotFoundError:
-        gradio_version = "5.0.0"  # the lowest the ui extra allows
+        gradio_version = "5.9.0"  # the lowest the ui extra allows
     body = card.split("---", 2)[2].lstrip("\n") if card.startswith("---") else card
     return SPACE_FRONT_MATTER.format(gradio_version=gradio_version) + "\n" + body
 
