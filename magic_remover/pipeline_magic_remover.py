@@ -75,6 +75,10 @@ from .removal import (
 from .removal_steps import RemovalStepsMixin, one_call_at_a_time
 from .tokens import check_distinct_targets, find_target_tokens, negative_prompts, protected_token_groups
 
+# diffusers copies only this file's direct relative imports into its module cache (`check_imports`), so every module
+# a sibling imports is imported here too: `images` is `inputs`' and `latent_images`'
+from .images import to_rgb  # noqa: E402,F401
+
 # Re-exported where code written before the split imports them from
 from .attention_maps import protected_word_maps  # noqa: E402,F401
 from .latent_images import vae_latents  # noqa: E402,F401

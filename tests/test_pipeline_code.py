@@ -15,10 +15,12 @@ from code_shape import import_cycles, module_imports  # noqa: E402
 def test_copied_modules_are_the_pipeline_files_transitive_relative_imports():
     """Checked against diffusers' own reading of the file (``get_relative_import_files``, what ``custom_pipeline=``
     copies into its module cache), not against our parser."""
-    from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+    from diffusers.utils.dynamic_modules_utils import get_relative_import_files, get_relative_imports
 
     theirs = {Path(path).name for path in get_relative_import_files(magic_remover.PIPELINE_FILE)}
     assert set(SIBLING_MODULES) == theirs
+    # diffusers copies only the file's direct relative imports (`check_imports`): they must be the whole closure
+    assert {name + ".py" for name in get_relative_imports(magic_remover.PIPELINE_FILE)} == theirs
     assert len(SIBLING_MODULES) == len(set(SIBLING_MODULES))
 
 
