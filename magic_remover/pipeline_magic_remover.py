@@ -38,9 +38,6 @@ else:  # transformers 5 warns when `CLIPImageProcessor` falls back to its PIL cl
 from .attention_maps import normalize_map
 from .attention_processors import installed_processors
 from .content_initialization import ContentInitialization, content_shifted_latents, telea_prefill
-# diffusers copies only a local pipeline file's direct relative imports into its module cache (the Hub route follows
-# them further), so every sibling module a sibling needs is imported here too (test_pipeline_code checks it).
-from .images import to_rgb  # noqa: F401
 from .inputs import (
     check_common_inputs,
     check_invert_inputs,

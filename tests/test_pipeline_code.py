@@ -24,15 +24,6 @@ def test_copied_modules_are_the_pipeline_files_transitive_relative_imports():
     assert len(SIBLING_MODULES) == len(set(SIBLING_MODULES))
 
 
-def test_the_pipeline_file_imports_every_copied_module_directly():
-    """For a local folder, diffusers copies only the file's *direct* relative imports (``get_relative_imports``); a
-    module imported only by a sibling would be missing from its module cache and the load would fail."""
-    from diffusers.utils.dynamic_modules_utils import get_relative_imports
-
-    direct = {f"{name}.py" for name in get_relative_imports(magic_remover.PIPELINE_FILE)}
-    assert set(SIBLING_MODULES) <= direct
-
-
 def test_relative_imports_follow_imports_of_imports(tmp_path):
     (tmp_path / "main.py").write_text("from .a import x\n\ndef f():\n    from .b import y\n")
     (tmp_path / "a.py").write_text("from .c import z\nimport os\n")
