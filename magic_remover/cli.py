@@ -53,16 +53,6 @@ examples:
 """
 
 
-def psnr(a, b, region=None) -> float:
-    import numpy as np
-
-    a = np.asarray(a, dtype=np.float64) / 255.0
-    b = np.asarray(b, dtype=np.float64) / 255.0
-    diff = (a - b) ** 2
-    mse = diff[region].mean() if region is not None else diff.mean()
-    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
-
-
 def figure(panels: list, labels: list[str], scale: int = 4):
     """Panels side by side, upscaled with nearest neighbour so small images stay legible, a label above each."""
     from PIL import Image, ImageDraw
@@ -84,6 +74,7 @@ def figure(panels: list, labels: list[str], scale: int = 4):
 def command_demo(args) -> int:
     import torch
 
+    from .images import psnr
     from .scenes import make_scene
 
     check_output_path(Path(args.output), force=True, protected=[])

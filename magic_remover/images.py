@@ -211,6 +211,23 @@ def default_max_size(trained: int) -> int:
     return max(8, int(round(trained * factor / 8)) * 8)
 
 
+def psnr(result, reference, region: np.ndarray | None = None) -> float:
+    """PSNR in dB between two 8-bit images (PIL or arrays in [0, 255]) over ``region`` (bool HxW; every pixel when
+    None): ``inf`` for identical pixels, ``nan`` for an empty region. The one definition the demo, the tests, the
+    training script and the benchmarks use."""
+    a, b = (np.asarray(x.convert("RGB") if hasattr(x, "convert") else x, dtype=np.float64) / 255.0
+            for x in (result, reference))  # fmt: skip
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    squared = (a - b) ** 2
+    if region is not None:
+        if not np.any(region):
+            return float("nan")
+        squared = squared[np.asarray(region, dtype=bool)]
+    mse = squared.mean()
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
 #: How far beyond its trained size (longer side, as a multiple) an input may go before the pipeline warns.
 OVERSIZE_FACTOR = 4
 
@@ -229,6 +246,7 @@ __all__ = [
     "fit_within",
     "is_far_beyond",
     "load_image_rgb",
+    "psnr",
     "load_mask",
     "open_image_bounded",
     "restore_size",

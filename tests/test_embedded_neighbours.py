@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
 import magic_remover
+from magic_remover.images import psnr
 from magic_remover.scenes import make_scene
 
 #: (kind, seed): scenes outside the benchmark's and the tuning's seeds where the shipped protect_cutoff and
@@ -15,11 +15,6 @@ from magic_remover.scenes import make_scene
 SCENES = [("opaque", 60003), ("shadow", 60003), ("transparent", 60002), ("transparent", 60003)]
 SOFT_PROTECTION_LOSES = [("opaque", 60003), ("transparent", 60003)]
 NEIGHBOUR_PSNR_DB = 35.0
-
-
-def _psnr(result, reference, region) -> float:
-    difference = np.asarray(result, np.float64)[region] - np.asarray(reference, np.float64)[region]
-    return float(10 * np.log10(255.0**2 / max((difference**2).mean(), 1e-10)))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,7 @@ def _neighbour_psnr(pipe, kind, seed, **kwargs) -> float:
     result = pipe(image=scene.image, prompt=scene.caption, target=word, **kwargs).images[0]
     visible = neighbour.mask & ~ndimage.binary_dilation(target.mask | target.shadow_mask, iterations=3)
     assert visible.sum() > 40
-    return _psnr(result, scene.image, visible)
+    return psnr(result, scene.image, visible)
 
 
 @pytest.mark.parametrize("kind, seed", SCENES)

@@ -21,7 +21,8 @@ from tiny_components import make_test_image, tiny_components
 
 import magic_remover
 from magic_remover import MagicRemoverPipeline
-from magic_remover.cli import build_parser, main, psnr
+from magic_remover.cli import build_parser, main
+from magic_remover.images import psnr
 from magic_remover.scenes import make_scene
 from magic_remover.ui import (
     DEMO_OBJECTS,

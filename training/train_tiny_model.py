@@ -50,6 +50,7 @@ from magic_remover.attention_processors import (  # noqa: E402
     finish_attention_output,
     project_attention_inputs,
 )
+from magic_remover.images import psnr as image_psnr  # noqa: E402
 from magic_remover.scenes import (  # noqa: E402
     HELDOUT_SEED_LIMIT,
     TRAIN_SEED_OFFSET,
@@ -343,11 +344,12 @@ def cosine_lr(step, total, base, warmup=100, final=0.05):
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] after uint8 quantisation, averaged over images."""
-    qa = ((a.clamp(-1, 1) + 1) * 127.5).round()
-    qb = ((b.clamp(-1, 1) + 1) * 127.5).round()
-    mse = ((qa - qb) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(255.0**2 / mse)).mean())
+    """PSNR in dB of images in [-1, 1] after uint8 quantisation, averaged over images (``images.psnr`` per image)."""
+
+    def to_uint8(images: torch.Tensor) -> np.ndarray:
+        return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    return float(np.mean([image_psnr(x, y) for x, y in zip(to_uint8(a), to_uint8(b))]))
 
 
 @torch.no_grad()
