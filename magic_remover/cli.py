@@ -85,8 +85,11 @@ def command_demo(args) -> int:
     index = 0
     obj = scene.objects[index]
     steps = removal_steps(pipe, args.steps)
-    out = pipe(image=scene.image, prompt=scene.caption, target=obj.shape, num_inference_steps=steps,
-               generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+    try:
+        out = pipe(image=scene.image, prompt=scene.caption, target=obj.shape, num_inference_steps=steps,
+                   generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+    except (ValueError, TypeError) as error:  # e.g. --steps 1: no step inside the guidance range
+        raise CommandError(str(error)) from None
     result = out.images[0]
     truth = scene.objects[index].without
     region = scene.objects[index].mask | scene.objects[index].shadow_mask

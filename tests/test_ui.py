@@ -280,7 +280,7 @@ def test_a_demo_scene_is_the_scene_and_target_of_magic_remover_demo_with_that_se
     assert (DEMO_SEED, DEMO_OBJECTS) == (defaults.seed, defaults.objects)
     for seed in (DEMO_SEED, 12):
         figure_file = tmp_path / f"demo{seed}.png"
-        command = ["demo", "--seed", str(seed), "--steps", "1", "--quiet", "--threads", "1", "-o", str(figure_file)]
+        command = ["demo", "--seed", str(seed), "--steps", "2", "--quiet", "--threads", "1", "-o", str(figure_file)]
         assert main(command) == 0
         printed = capsys.readouterr().out
         image, caption, target = demo_scene(make_scene, seed)
