@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -73,6 +74,53 @@ def write_result(name: str, text: str, folder: Path = RESULTS) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(text)
     print(text)
+
+
+#: Where each method's result image and cost per scene are kept, so that re-judging never recomputes a removal
+CACHE = RESULTS / "removal_cache"
+COST_KEYS = ("seconds", "forward", "backward", "forward_rows", "backward_rows", "peak_mib")
+
+
+class ResultCache:
+    """One method's results, ``CACHE/<short name>.npz``: per seed the result image (uint8 HxWx3) and its cost.
+
+    The file records the settings the results were made with (``fingerprint``); results made with other settings
+    are refused rather than mixed. Writers add one scene at a time under a lock and replace the file atomically, so
+    shards can share it and a stopped run resumes.
+    """
+
+    def __init__(self, folder: Path, method: str, fingerprint: str):
+        self.path = Path(folder) / (SHORT_NAMES[METHODS.index(method)].replace(" ", "_").replace("/", "-") + ".npz")
+        self.method, self.fingerprint = method, fingerprint
+
+    def load(self) -> dict:
+        """``{seed: (image, cost dict)}``, empty if nothing is cached yet."""
+        if not self.path.is_file():
+            return {}
+        with np.load(self.path, allow_pickle=False) as data:
+            if str(data["fingerprint"]) != self.fingerprint:
+                raise RuntimeError(f"{self.path} holds results made with other settings ({data['fingerprint']}); "
+                                   f"move it away to recompute {self.method!r} with {self.fingerprint}")  # fmt: skip
+            return {int(seed): (image, dict(zip(COST_KEYS, map(float, cost))))
+                    for seed, image, cost in zip(data["seeds"], data["images"], data["costs"])}  # fmt: skip
+
+    def add(self, seed: int, image, cost: dict) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.path.parent, os.O_RDONLY)  # the folder is the lock: no lock file left behind
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            stored = self.load()  # another shard may have added scenes since this one read the file
+            stored[int(seed)] = (np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.uint8), cost)
+            seeds = sorted(stored)
+            partial = self.path.with_suffix(".partial.npz")
+            np.savez_compressed(partial, fingerprint=np.array(self.fingerprint), seeds=np.array(seeds),
+                                images=np.stack([stored[s][0] for s in seeds]),
+                                costs=np.array([[stored[s][1].get(k, 0.0) for k in COST_KEYS] for s in seeds]))  # fmt: skip
+            partial.replace(self.path)
+        finally:
+            os.close(folder)  # closing releases the lock
 
 
 def target_phrase(scene, index: int) -> str:
@@ -136,13 +184,9 @@ def run(args) -> None:
                     attention_mask_threshold=None, keep_input_outside_attention_mask=False)  # fmt: skip
 
     methods = args.methods
-    pictured = [m for m in methods if m != METHODS[13]]  # the grid shows the ground truth in its last column anyway
     ledits = ledits_pp_pipeline(pipe) if METHODS[8] in methods else None
     scenes = select_scenes(args.scenes, args.first_seed)
-    rows = defaultdict(list)  # (method, kind) -> list of metric dicts
-    examples = {}  # kind -> [input, results..., truth]
-    Path(args.results).mkdir(parents=True, exist_ok=True)
-    checkpoint = Path(args.results) / f"removal_checkpoint_{args.scenes}_{args.first_seed}.jsonl"
+    fingerprint = json.dumps({"steps": steps, "settings": settings}, sort_keys=True)
 
     def scene_results(scene, index, wanted):
         """Runs the ``wanted`` methods on one scene: ``(images, costs)`` by method."""
@@ -205,54 +249,21 @@ def run(args) -> None:
         record(METHODS[18], lambda: pipe(**common, prompt=scene.caption, inversion_method="null-text").images[0], False)
         return results, costs
 
-    def read_checkpoint() -> dict:
-        """Scenes already scored, by seed (a scene's later line, from methods added by a later run, completes its
-        earlier ones)."""
-        scored = {}
-        if checkpoint.is_file():
-            for entry in map(json.loads, checkpoint.read_text().splitlines()):
-                scored.setdefault(entry["seed"], {}).update(entry["metrics"])
-        return scored
-
-    done = read_checkpoint()  # a rerun resumes, and shards share the file
+    caches = {method: ResultCache(args.cache, method, fingerprint) for method in methods}
+    stored = {method: caches[method].load() for method in methods}  # a rerun resumes, and shards share the files
     shard, shards = args.shard
-    started = time.perf_counter()
     for n, (kind, scene, index) in enumerate(scenes):
-        missing = [m for m in methods if m not in done.get(scene.seed, {})]
-        if missing and n % shards != shard:
+        missing = [m for m in methods if scene.seed not in stored[m]]
+        if not missing or n % shards != shard:
             continue
-        if missing:  # a new scene, or methods added to a finished run
-            results, costs = scene_results(scene, index, missing)
-            metrics = {m: {**score(results[m], scene, index, finds), **costs[m]} for m in missing}
-            with checkpoint.open("a") as handle:
-                handle.write(json.dumps({"seed": scene.seed, "metrics": metrics}) + "\n")
-            done.setdefault(scene.seed, {}).update(metrics)
-            if kind not in examples and not [m for m in methods if m not in results]:
-                examples[kind] = [scene.image] + [results[m] for m in pictured] + [scene.objects[index].without]
-            print(f"[{n + 1}/{len(scenes)}] {kind:11s} seed {scene.seed} remove {target_phrase(scene, index)!r}: "
-                  + ", ".join(f"{SHORT_NAMES[METHODS.index(m)]} {'ok' if metrics[m]['success'] else '--'}"
-                              for m in missing), flush=True)  # fmt: skip
-
-    if shards > 1:  # the scenes the other shards scored meanwhile: the last shard to finish writes the table
-        for seed, metrics in read_checkpoint().items():
-            done.setdefault(seed, {}).update(metrics)
-    for kind, scene, index in scenes:
-        if all(method in done.get(scene.seed, {}) for method in methods):
-            for method in methods:
-                rows[(method, kind)].append(done[scene.seed][method])
-
-    scored = sum(len(rows[(methods[0], k)]) for k in KINDS)
-    if scored < len(scenes):
-        print(f"{scored} of {len(scenes)} scenes scored; the table is written by a run once every shard has finished")
-        return
-    table = make_table(rows, methods, scenes, steps, settings, args, time.perf_counter() - started)
-    write_result("removal.md", table, args.results)
-    for kind, scene, index in scenes:  # a resumed run re-makes the pictures of the first scene of each kind
-        if kind not in examples:
-            results, _ = scene_results(scene, index, methods)
-            examples[kind] = [scene.image] + [results[m] for m in pictured] + [scene.objects[index].without]
-    make_grid(examples, pictured).save(Path(args.results) / "removal.png")
-    checkpoint.unlink()
+        results, costs = scene_results(scene, index, missing)
+        for method in missing:
+            caches[method].add(scene.seed, results[method], costs[method])
+            stored[method][scene.seed] = results[method], costs[method]
+        print(f"[{n + 1}/{len(scenes)}] {kind:11s} seed {scene.seed} remove {target_phrase(scene, index)!r}: "
+              + ", ".join(SHORT_NAMES[METHODS.index(m)] for m in missing), flush=True)  # fmt: skip
+    if not args.compute_only:
+        write_tables(scenes, args, fingerprint, steps, settings)
 
 
 def _mean(values):
@@ -347,7 +358,12 @@ def main(argv=None):
     parser.add_argument("--shard", type=lambda v: tuple(int(x) for x in v.split("/")), default=(0, 1),
                         help="i/n: run only scenes with index %% n == i (checkpointed; a run without --shard, or the "
                              "last shard to finish, writes the table)")
+    parser.add_argument("--cache", default=None,
+                        help="folder of the per-method result caches (default: <results>/removal_cache)")
+    parser.add_argument("--compute-only", action="store_true",
+                        help="fill the caches for --methods and stop; a later run without it judges and writes the table")
     args = parser.parse_args(argv)
+    args.cache = Path(args.cache or Path(args.results) / "removal_cache")
     args.scenes = args.scenes or (10 if args.quick else 100)
     run(args)
 
