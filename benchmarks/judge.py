@@ -1,0 +1,147 @@
+"""The removal judge: a removal succeeds when the target is gone, nothing is in its place, its shadow is gone and
+every neighbour is kept, each checked against the synthetic world's ground truth (the scene rendered without the
+target). Each failure is its own class; a result can fail several.
+
+The pixel tests compare the result R with the truth T and the input I, per pixel, by the largest channel difference
+(RGB in [0, 1]):
+
+* the target's *footprint* is where it changed the image: its object and shadow pixels with |I - T| > ``visible``;
+* a footprint pixel is *restored* when |R - T| <= ``off``; an unrestored one is *left* when R is the input or a mix
+  of input and truth that is at least half input (within ``off``): the target or its shadow still there, perhaps
+  faded. Otherwise it is *new*: a colour that is neither, however near the target's it is;
+* **target left**: more than ``left_fraction`` of the object's footprint is left, or the detector still finds the
+  target's shape and colour;
+* **shadow left**: more than ``left_fraction`` of the shadow's footprint (off the object) is left;
+* **replaced**: inside the target's region (object and shadow, dilated by ``dilation``), the pixels off the truth
+  by more than ``off`` that are not left form a connected blob of at least ``blob_area`` pixels (a recoloured target,
+  a new object, a smear), or the detector finds an object lying mostly in that region that the truth does not hold;
+* **neighbour damaged**: more than ``neighbour_fraction`` of some other object's visible pixels (in the truth, away
+  from the target's region and its own anti-aliased edge) are off the truth by more than ``off``.
+
+The tolerances are calibrated on tuning seeds (``benchmarks/results/judge_calibration.md``), never on the held-out
+scenes the benchmark reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+#: The failure classes, in the order the tables show them
+FAILURES = ("target_left", "replaced", "shadow_left", "neighbour_damaged")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    visible: float = 0.06  # |input - truth| above this: the pixel shows the target or its shadow
+    off: float = 0.15  # |result - truth| above this: the pixel is not the true background
+    blob_area: int = 12  # connected pixels off the truth, in the target's region, that make a replacement
+    left_fraction: float = 0.25  # of the object's (or the shadow's) footprint still showing it
+    neighbour_fraction: float = 0.10  # of a neighbour's visible pixels off the truth
+    dilation: int = 2  # pixels the target's region grows by, for what a fill may paint around its edge
+
+
+def _array(image) -> np.ndarray:
+    """HxWx3 float in [0, 1] from a PIL image or a uint8 array."""
+    return np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float64) / 255.0
+
+
+def _largest_blob(mask: np.ndarray) -> int:
+    labels, count = ndi.label(mask, structure=np.ones((3, 3), bool))
+    return int(np.bincount(labels.ravel())[1:].max()) if count else 0
+
+
+def _faded_input(R: np.ndarray, I: np.ndarray, T: np.ndarray, off: float) -> np.ndarray:
+    """Pixels where the result is the input, or the input only partly faded toward the truth: within ``off`` of a
+    mix of the two that is at least half input. A shadow left faint, or a target half erased, is such a mix; a new
+    colour is not, however near the target's colour it is."""
+    step = T - I
+    t = np.clip(((R - I) * step).sum(axis=2) / np.maximum((step**2).sum(axis=2), 1e-12), 0.0, 1.0)
+    return (t < 0.5) & (np.abs(R - (I + t[..., None] * step)).max(axis=2) <= off)
+
+
+def _visible_in_truth(scene, index: int, neighbour: int) -> np.ndarray:
+    """Pixels where object ``neighbour`` is the topmost object once the target is gone, its soft edge left out."""
+    objects = scene.objects
+    shown = ndi.binary_erosion(objects[neighbour].alpha >= 0.5 * objects[neighbour].opacity)
+    for later in range(neighbour + 1, len(objects)):
+        if later != index:
+            shown &= ~objects[later].mask
+    return shown
+
+
+def judge(result, scene, index: int, detections=(), tolerances: Tolerances = Tolerances()) -> dict:
+    """The verdict on ``result`` as a removal of ``scene.objects[index]``.
+
+    ``detections``: the detector's findings on ``result``, as ``(shape, color, mask)`` (mask: bool HxW), e.g. from
+    ``benchmarks.detector.detect``. Returns ``success`` and one bool per class of :data:`FAILURES`, with the measures
+    behind them.
+    """
+    tol = tolerances
+    target = scene.objects[index]
+    others = [o for i, o in enumerate(scene.objects) if i != index]
+    R, I, T = _array(result), _array(scene.image), _array(target.without)
+    if R.shape != T.shape:
+        raise ValueError(f"result must be {T.shape[1]}x{T.shape[0]} like the scene, got {R.shape[1]}x{R.shape[0]}")
+    off = np.abs(R - T).max(axis=2) > tol.off
+    footprint = np.abs(I - T).max(axis=2) > tol.visible
+    left = footprint & off & _faded_input(R, I, T, tol.off)
+    # the shadow also falls under the object: there a left shadow is the truth darkened, which the input never shows
+    shadowed = T * (1.0 - target.shadow[..., None])
+    shadow_kept = target.shadow_mask & off & _faded_input(R, shadowed, T, tol.off)
+
+    object_print = footprint & target.mask
+    shadow_print = footprint & target.shadow_mask & ~target.mask
+    left_object = left[object_print].mean() if object_print.any() else 0.0
+    left_shadow = (left | shadow_kept)[shadow_print].mean() if shadow_print.any() else 0.0
+    left |= shadow_kept
+
+    region = ndi.binary_dilation(target.mask | target.shadow_mask, iterations=tol.dilation)
+    blob = _largest_blob(off & region & ~left)
+    pairs_in_truth = {(o.shape, o.color) for o in others}
+    target_found = any((shape, color) == (target.shape, target.color) for shape, color, _ in detections)
+    foreign = [(shape, color) for shape, color, mask in detections
+               if (shape, color) not in pairs_in_truth and (shape, color) != (target.shape, target.color)
+               and mask.sum() and (mask & region).sum() > 0.5 * mask.sum()]  # fmt: skip
+
+    damage = 0.0
+    for n, neighbour in enumerate(scene.objects):
+        if n == index:
+            continue
+        shown = _visible_in_truth(scene, index, n) & ~ndi.binary_dilation(region, iterations=1)
+        if shown.sum() >= 10:  # a neighbour almost all under the target's region is judged there
+            damage = max(damage, float(off[shown].mean()))
+
+    verdict = {
+        "target_left": bool(left_object > tol.left_fraction or target_found),
+        "replaced": bool(blob >= tol.blob_area or foreign),
+        "shadow_left": bool(left_shadow > tol.left_fraction and left_shadow * shadow_print.sum() >= 5),
+        "neighbour_damaged": bool(damage > tol.neighbour_fraction),
+    }
+    return {
+        "success": not any(verdict.values()),
+        **verdict,
+        "left_object_fraction": float(left_object),
+        "left_shadow_fraction": float(left_shadow),
+        "largest_blob": blob,
+        "foreign_detections": foreign,
+        "neighbour_off_fraction": damage,
+    }
+
+
+def tolerances_text(tolerances: Tolerances = Tolerances()) -> str:
+    return ", ".join(f"{k} {v}" for k, v in asdict(tolerances).items())
+
+
+def strip(scene, index: int, result, scale: int = 4) -> Image.Image:
+    """Input | result | truth side by side, enlarged by ``scale`` (nearest) so that a remnant can be seen."""
+    tiles = [scene.image, Image.fromarray(np.asarray(result, np.uint8)) if not hasattr(result, "convert") else result,
+             scene.objects[index].without]  # fmt: skip
+    size = scene.size * scale
+    canvas = Image.new("RGB", (3 * size + 2 * scale, size), "white")
+    for n, tile in enumerate(tiles):
+        canvas.paste(tile.convert("RGB").resize((size, size), Image.NEAREST), (n * (size + scale), 0))
+    return canvas
