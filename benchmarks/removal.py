@@ -12,6 +12,7 @@ held-out seeds; defaults are tuned on seeds from 50000 (``--first-seed`` keeps t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -85,7 +86,7 @@ class ResultCache:
     """One method's results, ``CACHE/<short name>.npz``: per seed the result image (uint8 HxWx3) and its cost.
 
     The file records the settings the results were made with (``fingerprint``); results made with other settings
-    are refused rather than mixed. Writers add one scene at a time under a lock and replace the file atomically, so
+    are refused rather than mixed (a reader that only judges may pass None to take what is there). Writers add one scene at a time under a lock and replace the file atomically, so
     shards can share it and a stopped run resumes.
     """
 
@@ -98,19 +99,27 @@ class ResultCache:
         if not self.path.is_file():
             return {}
         with np.load(self.path, allow_pickle=False) as data:
-            if str(data["fingerprint"]) != self.fingerprint:
+            if self.fingerprint is not None and str(data["fingerprint"]) != self.fingerprint:
                 raise RuntimeError(f"{self.path} holds results made with other settings ({data['fingerprint']}); "
                                    f"move it away to recompute {self.method!r} with {self.fingerprint}")  # fmt: skip
             return {int(seed): (image, dict(zip(COST_KEYS, map(float, cost))))
                     for seed, image, cost in zip(data["seeds"], data["images"], data["costs"])}  # fmt: skip
 
-    def add(self, seed: int, image, cost: dict) -> None:
+    @contextlib.contextmanager
+    def locked(self):
+        """Holds the cache folder's lock (the folder itself: no lock file is left behind) while writing."""
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        folder = os.open(self.path.parent, os.O_RDONLY)  # the folder is the lock: no lock file left behind
+        folder = os.open(self.path.parent, os.O_RDONLY)
         try:
             fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # closing releases the lock
+
+    def add(self, seed: int, image, cost: dict) -> None:
+        with self.locked():
             stored = self.load()  # another shard may have added scenes since this one read the file
             stored[int(seed)] = (np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.uint8), cost)
             seeds = sorted(stored)
@@ -119,8 +128,6 @@ class ResultCache:
                                 images=np.stack([stored[s][0] for s in seeds]),
                                 costs=np.array([[stored[s][1].get(k, 0.0) for k in COST_KEYS] for s in seeds]))  # fmt: skip
             partial.replace(self.path)
-        finally:
-            os.close(folder)  # closing releases the lock
 
 
 def target_phrase(scene, index: int) -> str:
@@ -262,7 +269,11 @@ def run(args) -> None:
             stored[method][scene.seed] = results[method], costs[method]
         print(f"[{n + 1}/{len(scenes)}] {kind:11s} seed {scene.seed} remove {target_phrase(scene, index)!r}: "
               + ", ".join(SHORT_NAMES[METHODS.index(m)] for m in missing), flush=True)  # fmt: skip
-    if not args.compute_only:
+    # another shard may still be computing some: read the caches again
+    unfinished = [m for m in methods if any(scene.seed not in caches[m].load() for _, scene, _ in scenes)]
+    if unfinished:
+        print(f"{len(unfinished)} method(s) lack scenes; the table is written by a run once every shard has finished")
+    elif not args.compute_only:
         write_tables(scenes, args, fingerprint, steps, settings)
 
 
@@ -282,15 +293,21 @@ def cached_detections(cache: ResultCache, stored: dict) -> dict:
     for seed in missing:
         found[seed] = [(d.shape, d.color, d.mask.ravel()) for d in detect(stored[seed][0])]
     if missing:
-        rows = [(seed, *d) for seed in sorted(found) for d in found[seed]]
-        partial = path.with_suffix(".partial.npz")
-        np.savez_compressed(partial, seeds=np.array([r[0] for r in rows], int), shapes=np.array([r[1] for r in rows], str),
-                            colors=np.array([r[2] for r in rows], str),
-                            masks=np.array([np.packbits(r[3].astype(bool)) for r in rows], np.uint8).reshape(len(rows), -1),
-                            empty=np.array([seed for seed in found if not found[seed]], int))  # fmt: skip
-        partial.replace(path)
+        with cache.locked():
+            _save_detections(path, found)
     return {seed: [(shape, color, mask[: stored[seed][0][..., 0].size].astype(bool).reshape(stored[seed][0].shape[:2]))
                    for shape, color, mask in dets] for seed, dets in found.items() if seed in stored}  # fmt: skip
+
+
+def _save_detections(path: Path, found: dict) -> None:
+    """Writes the detections atomically; ``empty`` keeps the scenes where nothing was found."""
+    rows = [(seed, *d) for seed in sorted(found) for d in found[seed]]
+    partial = path.with_suffix(".partial.npz")
+    np.savez_compressed(partial, seeds=np.array([r[0] for r in rows], int), shapes=np.array([r[1] for r in rows], str),
+                        colors=np.array([r[2] for r in rows], str),
+                        masks=np.array([np.packbits(r[3].astype(bool)) for r in rows], np.uint8).reshape(len(rows), -1),
+                        empty=np.array([seed for seed in found if not found[seed]], int))  # fmt: skip
+    partial.replace(path)
 
 
 def judged(method: str, scenes, args, fingerprint: str):
