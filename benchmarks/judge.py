@@ -9,12 +9,13 @@ The pixel tests compare the result R with the truth T and the input I, per pixel
 * a footprint pixel is *restored* when |R - T| <= ``off``; an unrestored one is *left* when R is the input or a mix
   of input and truth that is at least half input (within ``off``): the target or its shadow still there, perhaps
   faded. Otherwise it is *new*: a colour that is neither, however near the target's it is;
-* **target left**: more than ``left_fraction`` of the object's footprint is left, or the detector still finds the
-  target's shape and colour;
-* **shadow left**: more than ``left_fraction`` of the shadow's footprint (off the object) is left;
+* **target left**: more than ``left_fraction`` (half) of the object's footprint is left, or the detector still
+  finds the target's shape and colour;
+* **shadow left**: more than ``shadow_fraction`` (a quarter) of the shadow's footprint (off the object) is left;
 * **replaced**: inside the target's region (object and shadow, dilated by ``dilation``), the pixels off the truth
-  by more than ``off`` that are not left form a connected blob of at least ``blob_area`` pixels (a recoloured target,
-  a new object, a smear), or the detector finds an object lying mostly in that region that the truth does not hold;
+  by more than ``off``, less those of a target or shadow judged left, form a connected blob of at least
+  ``blob_area`` pixels (a recoloured target, a new object, a smear, a sliver of the target too small to count as
+  left), or the detector finds an object lying mostly in that region, the truth lacks, and is not the left target;
 * **neighbour damaged**: more than ``neighbour_fraction`` of some other object's visible pixels (in the truth, away
   from the target's region and its own anti-aliased edge) are off the truth by more than ``off``.
 
@@ -39,7 +40,8 @@ class Tolerances:
     visible: float = 0.06  # |input - truth| above this: the pixel shows the target or its shadow
     off: float = 0.15  # |result - truth| above this: the pixel is not the true background
     blob_area: int = 12  # connected pixels off the truth, in the target's region, that make a replacement
-    left_fraction: float = 0.25  # of the object's (or the shadow's) footprint still showing it
+    left_fraction: float = 0.5  # of the object's footprint still showing it: most of it
+    shadow_fraction: float = 0.25  # of the shadow's footprint still dark: a faint outline is a shadow left
     neighbour_fraction: float = 0.10  # of a neighbour's visible pixels off the truth
     dilation: int = 2  # pixels the target's region grows by, for what a fill may paint around its edge
 
@@ -97,15 +99,21 @@ def judge(result, scene, index: int, detections=(), tolerances: Tolerances = Tol
     shadow_print = footprint & target.shadow_mask & ~target.mask
     left_object = left[object_print].mean() if object_print.any() else 0.0
     left_shadow = (left | shadow_kept)[shadow_print].mean() if shadow_print.any() else 0.0
-    left |= shadow_kept
-
-    region = ndi.binary_dilation(target.mask | target.shadow_mask, iterations=tol.dilation)
-    blob = _largest_blob(off & region & ~left)
-    pairs_in_truth = {(o.shape, o.color) for o in others}
     target_found = any((shape, color) == (target.shape, target.color) for shape, color, _ in detections)
+    target_left = bool(left_object > tol.left_fraction or target_found)
+    shadow_left = bool(left_shadow > tol.shadow_fraction and left_shadow * shadow_print.sum() >= 5)
+
+    # What is off the truth in the region and not explained by a target or shadow judged left is something in its
+    # place: a new object, a recoloured target, a smear, or a sliver of the target too small to count as left.
+    explained = (left if target_left else np.zeros_like(left)) | (shadow_kept if shadow_left else np.zeros_like(left))
+    region = ndi.binary_dilation(target.mask | target.shadow_mask, iterations=tol.dilation)
+    blob = _largest_blob(off & region & ~explained)
+    pairs_in_truth = {(o.shape, o.color) for o in others}
+    # an object found in the region that the truth lacks, unless it is the left target seen as another shape
     foreign = [(shape, color) for shape, color, mask in detections
                if (shape, color) not in pairs_in_truth and (shape, color) != (target.shape, target.color)
-               and mask.sum() and (mask & region).sum() > 0.5 * mask.sum()]  # fmt: skip
+               and mask.sum() and (mask & region).sum() > 0.5 * mask.sum()
+               and (mask & explained).sum() <= 0.5 * mask.sum()]  # fmt: skip
 
     damage = 0.0
     for n, neighbour in enumerate(scene.objects):
@@ -116,9 +124,9 @@ def judge(result, scene, index: int, detections=(), tolerances: Tolerances = Tol
             damage = max(damage, float(off[shown].mean()))
 
     verdict = {
-        "target_left": bool(left_object > tol.left_fraction or target_found),
+        "target_left": target_left,
         "replaced": bool(blob >= tol.blob_area or foreign),
-        "shadow_left": bool(left_shadow > tol.left_fraction and left_shadow * shadow_print.sum() >= 5),
+        "shadow_left": shadow_left,
         "neighbour_damaged": bool(damage > tol.neighbour_fraction),
     }
     return {

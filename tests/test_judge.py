@@ -118,3 +118,21 @@ def test_bad_result_size_is_refused_and_the_strip_holds_three_enlarged_tiles():
     picture = strip(scene, 0, _truth(scene), scale=4)
     assert picture.size == (3 * 256 + 8, 256)
     assert np.array_equal(np.asarray(picture)[::4, :256:4], scene.image_array)
+
+
+def test_a_sliver_of_the_target_is_something_left_in_its_place_and_most_of_it_is_the_target_left():
+    scene = _scene()
+    target = scene.objects[0]
+    ys, xs = np.nonzero(target.mask)
+    for rows, expected in ((ys.min() + (ys.max() - ys.min()) // 4, {"replaced"}), (ys.max() - 2, {"target_left"})):
+        result = _truth(scene)
+        kept = target.mask & (np.arange(64)[:, None] <= rows)  # the target's top part kept as it was
+        result[kept] = scene.image_array[kept]
+        assert _failures(judge(result, scene, 0)) == expected
+
+
+def test_the_left_target_seen_as_another_shape_is_not_a_replacement():
+    scene = _scene()
+    target = scene.objects[0]
+    seen_as = next(shape for shape in ("circle", "square") if shape != target.shape)
+    assert _failures(judge(scene.image, scene, 0, detections=[(seen_as, target.color, target.mask)])) == {"target_left"}
