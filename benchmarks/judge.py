@@ -56,13 +56,13 @@ def _largest_blob(mask: np.ndarray) -> int:
     return int(np.bincount(labels.ravel())[1:].max()) if count else 0
 
 
-def _faded_input(R: np.ndarray, I: np.ndarray, T: np.ndarray, off: float) -> np.ndarray:
-    """Pixels where the result is the input, or the input only partly faded toward the truth: within ``off`` of a
-    mix of the two that is at least half input. A shadow left faint, or a target half erased, is such a mix; a new
-    colour is not, however near the target's colour it is."""
+def _mix_of(R: np.ndarray, I: np.ndarray, T: np.ndarray, off: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where the result is, within ``off``, a mix of the input and the truth: ``(on the mix, the truth's share)``.
+    A target half erased or blurred into the background, or a shadow left faint, is such a mix; a new colour is not,
+    however near the target's it is."""
     step = T - I
-    t = np.clip(((R - I) * step).sum(axis=2) / np.maximum((step**2).sum(axis=2), 1e-12), 0.0, 1.0)
-    return (t < 0.5) & (np.abs(R - (I + t[..., None] * step)).max(axis=2) <= off)
+    share = np.clip(((R - I) * step).sum(axis=2) / np.maximum((step**2).sum(axis=2), 1e-12), 0.0, 1.0)
+    return np.abs(R - (I + share[..., None] * step)).max(axis=2) <= off, share
 
 
 def _visible_in_truth(scene, index: int, neighbour: int) -> np.ndarray:
@@ -90,10 +90,11 @@ def judge(result, scene, index: int, detections=(), tolerances: Tolerances = Tol
         raise ValueError(f"result must be {T.shape[1]}x{T.shape[0]} like the scene, got {R.shape[1]}x{R.shape[0]}")
     off = np.abs(R - T).max(axis=2) > tol.off
     footprint = np.abs(I - T).max(axis=2) > tol.visible
-    left = footprint & off & _faded_input(R, I, T, tol.off)
+    mixed, share = _mix_of(R, I, T, tol.off)
+    left = footprint & off & mixed & (share < 0.5)  # still at least half the input
     # the shadow also falls under the object: there a left shadow is the truth darkened, which the input never shows
-    shadowed = T * (1.0 - target.shadow[..., None])
-    shadow_kept = target.shadow_mask & off & _faded_input(R, shadowed, T, tol.off)
+    shadow_mixed, shadow_share = _mix_of(R, T * (1.0 - target.shadow[..., None]), T, tol.off)
+    shadow_kept = target.shadow_mask & off & shadow_mixed & (shadow_share < 0.5)
 
     object_print = footprint & target.mask
     shadow_print = footprint & target.shadow_mask & ~target.mask
@@ -105,7 +106,12 @@ def judge(result, scene, index: int, detections=(), tolerances: Tolerances = Tol
 
     # What is off the truth in the region and not explained by a target or shadow judged left is something in its
     # place: a new object, a recoloured target, a smear, or a sliver of the target too small to count as left.
-    explained = (left if target_left else np.zeros_like(left)) | (shadow_kept if shadow_left else np.zeros_like(left))
+    # (a target judged left explains its faded or blurred edge too: any mix of it, or of its colour, and the truth)
+    explained = np.zeros_like(left)
+    if target_left:
+        explained |= (footprint & mixed) | _mix_of(R, np.broadcast_to(target.rgb, T.shape), T, tol.off)[0]
+    if shadow_left:
+        explained |= target.shadow_mask & (shadow_mixed | (footprint & mixed))
     region = ndi.binary_dilation(target.mask | target.shadow_mask, iterations=tol.dilation)
     blob = _largest_blob(off & region & ~explained)
     pairs_in_truth = {(o.shape, o.color) for o in others}
