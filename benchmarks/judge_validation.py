@@ -40,6 +40,12 @@ LABELS = RESULTS / "judge_labels.json"
 SAMPLE = RESULTS / "judge_labels_sample.json"
 PAGES = RESULTS / "judge_labels_pages"
 PER_PAGE = 6
+#: What each labelling round was for: the judge changed after round 1, so only later rounds validate it
+ROUND_NOTES = {
+    1: " (development: 26 strips of opaque and shadowed scenes; the judge's rules were changed after its verdicts were"
+    " read, so it does not validate the final judge)",
+    2: " (fresh, labelled after the last change to the judge; the validation)",
+}
 
 
 def _page(entries, scenes_by_seed, stored, captions) -> Image.Image:
@@ -100,7 +106,7 @@ def report(args) -> None:
     methods = sorted({entry["method"] for entry in labels})
     stored = _stored(methods)
     detections = {m: cached_detections(ResultCache(CACHE, m, None), stored[m]) for m in methods}
-    agree_strip, agree_class, disagreements = 0, {name: 0 for name in FAILURES}, []
+    agree_strip, agree_class, disagreements, agree = 0, {name: 0 for name in FAILURES}, [], {}
     captions = []
     for entry in labels:
         kind, scene, index = scenes_by_seed[entry["seed"]]
@@ -112,6 +118,8 @@ def report(args) -> None:
             agree_class[name] += (name in judged) == (name in mine)
         same = judged == mine
         agree_strip += same
+        done, total = agree.get(entry.get("round", 1), (0, 0))
+        agree[entry.get("round", 1)] = (done + same, total + 1)
         label = ", ".join(sorted(mine)) or "success"
         said = ", ".join(sorted(judged)) or "success"
         short = SHORT_NAMES[METHODS.index(entry["method"])]
@@ -143,25 +151,34 @@ def report(args) -> None:
         "",
         f"Judge tolerances: {tolerances_text()}.",
         "",
-        f"**Agreement: {agree_strip} of {n} strips ({100 * agree_strip / n:.0f}%)** on all four classes at once; per "
-        "class: " + ", ".join(f"{name} {100 * agree_class[name] / n:.0f}%" for name in FAILURES) + ".",
+        "How a strip was labelled, by eye, from the strip alone (input | result | truth, 3x): *target left*: the "
+        "target still recognisable, most of it in place; *replaced*: anything else in the target's place that is not "
+        "the truth's background: a new blob, a recoloured target, a smear, a sliver or ghost of the target; *shadow "
+        "left*: the target's shadow, or a clear part of it, still dark; *neighbour damaged*: another object visibly "
+        "changed against the truth (colour, shape, part erased).",
+        "",
+        *(f"- **Round {r}{ROUND_NOTES.get(r, '')}: {agree[r][0]} of {agree[r][1]} strips agree "
+          f"({100 * agree[r][0] / agree[r][1]:.0f}%)** on all four classes at once."
+          for r in sorted(agree)),
+        f"- All rounds: {agree_strip} of {n} strips ({100 * agree_strip / n:.0f}%); per class: "
+        + ", ".join(f"{name} {100 * agree_class[name] / n:.0f}%" for name in FAILURES) + ".",
         "",
         "Labelled strips by method: " + ", ".join(f"{m} {len(v)}" for m, v in by_method.items()) + "; by kind: "
         + ", ".join(f"{k} {sum(1 for e in labels if scenes_by_seed[e['seed']][0] == k)}" for k in KINDS) + ".",
         "",
         "## Every disagreement",
         "",
-        "| strip | method | kind | seed | by eye | judge | judge's measures | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| strip | round | method | kind | seed | by eye | judge | judge's measures | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for entry, kind, short, label, said, verdict in disagreements:
         measures = (f"left object {verdict['left_object_fraction']:.2f}, left shadow {verdict['left_shadow_fraction']:.2f}, "
                     f"blob {verdict['largest_blob']} px, neighbour off {verdict['neighbour_off_fraction']:.2f}"
                     + (f", found {verdict['foreign_detections']}" if verdict["foreign_detections"] else ""))  # fmt: skip
-        lines.append(f"| {entry['id']} | {short} | {kind} | {entry['seed']} | {label} | {said} | {measures} "
+        lines.append(f"| {entry['id']} | {entry.get('round', 1)} | {short} | {kind} | {entry['seed']} | {label} | {said} | {measures} "
                      f"| {entry.get('note', '')} |")  # fmt: skip
     if not disagreements:
-        lines.append("| — | | | | | | | none |")
+        lines.append("| — | | | | | | | | none |")
     write_result("judge_validation.md", "\n".join(lines) + "\n")
 
 
