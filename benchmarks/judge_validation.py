@@ -158,7 +158,7 @@ def report(args) -> None:
         sheet.paste(page, (x, 0))
         x += page.width + 6
     sheet = sheet.resize((sheet.width // 2, sheet.height // 2), Image.LANCZOS)  # small enough to commit
-    sheet.save(RESULTS / "judge_labels_sheet.png")
+    sheet.quantize(128).save(RESULTS / "judge_labels_sheet.png", optimize=True)  # a palette keeps the file small
     by_method = {}
     for entry in labels:
         by_method.setdefault(SHORT_NAMES[METHODS.index(entry["method"])], []).append(entry)
