@@ -3,6 +3,11 @@
     python benchmarks/removal.py            # 100 held-out scenes (seeds from 20000), all methods
     python benchmarks/removal.py --quick    # 10 scenes
     python benchmarks/removal.py --methods "MR text,Telea" --shard 0/2   # some methods, half of the scenes
+    python benchmarks/removal.py --methods "MR text" --compute-only      # fill the result cache only
+
+Each method's result image and cost per scene are cached (``results/removal_cache/<short name>.npz``); a run computes
+only what its cache lacks, then judges every method whose cache covers the scenes with ``benchmarks/judge.py`` (the
+old success kept as a column), so a changed judge re-scores without recomputing.
 
 Writes ``benchmarks/results/removal.md`` (one table, the command and machine at its head) and
 ``benchmarks/results/removal.png`` (input, each method, ground truth, for a scene of each kind). Scenes come from
