@@ -3,6 +3,11 @@
     python benchmarks/removal.py            # 100 held-out scenes (seeds from 20000), all methods
     python benchmarks/removal.py --quick    # 10 scenes
     python benchmarks/removal.py --methods "MR text,Telea" --shard 0/2   # some methods, half of the scenes
+    python benchmarks/removal.py --methods "MR text" --compute-only      # fill the result cache only
+
+Each method's result image and cost per scene are cached (``results/removal_cache/<short name>.npz``); a run computes
+only what its cache lacks, then judges every method whose cache covers the scenes with ``benchmarks/judge.py`` (the
+old success kept as a column), so a changed judge re-scores without recomputing.
 
 Writes ``benchmarks/results/removal.md`` (one table, the command and machine at its head) and
 ``benchmarks/results/removal.png`` (input, each method, ground truth, for a scene of each kind). Scenes come from
@@ -12,8 +17,10 @@ held-out seeds; defaults are tuned on seeds from 50000 (``--first-seed`` keeps t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -73,6 +80,59 @@ def write_result(name: str, text: str, folder: Path = RESULTS) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(text)
     print(text)
+
+
+#: Where each method's result image and cost per scene are kept, so that re-judging never recomputes a removal
+CACHE = RESULTS / "removal_cache"
+COST_KEYS = ("seconds", "forward", "backward", "forward_rows", "backward_rows", "peak_mib")
+
+
+class ResultCache:
+    """One method's results, ``CACHE/<short name>.npz``: per seed the result image (uint8 HxWx3) and its cost.
+
+    The file records the settings the results were made with (``fingerprint``); results made with other settings
+    are refused rather than mixed (a reader that only judges may pass None to take what is there). Writers add one scene at a time under a lock and replace the file atomically, so
+    shards can share it and a stopped run resumes.
+    """
+
+    def __init__(self, folder: Path, method: str, fingerprint: str):
+        self.path = Path(folder) / (SHORT_NAMES[METHODS.index(method)].replace(" ", "_").replace("/", "-") + ".npz")
+        self.method, self.fingerprint = method, fingerprint
+
+    def load(self) -> dict:
+        """``{seed: (image, cost dict)}``, empty if nothing is cached yet."""
+        if not self.path.is_file():
+            return {}
+        with np.load(self.path, allow_pickle=False) as data:
+            if self.fingerprint is not None and str(data["fingerprint"]) != self.fingerprint:
+                raise RuntimeError(f"{self.path} holds results made with other settings ({data['fingerprint']}); "
+                                   f"move it away to recompute {self.method!r} with {self.fingerprint}")  # fmt: skip
+            return {int(seed): (image, dict(zip(COST_KEYS, map(float, cost))))
+                    for seed, image, cost in zip(data["seeds"], data["images"], data["costs"])}  # fmt: skip
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Holds the cache folder's lock (the folder itself: no lock file is left behind) while writing."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # closing releases the lock
+
+    def add(self, seed: int, image, cost: dict) -> None:
+        with self.locked():
+            stored = self.load()  # another shard may have added scenes since this one read the file
+            stored[int(seed)] = (np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.uint8), cost)
+            seeds = sorted(stored)
+            partial = self.path.with_suffix(".partial.npz")
+            np.savez_compressed(partial, fingerprint=np.array(self.fingerprint), seeds=np.array(seeds),
+                                images=np.stack([stored[s][0] for s in seeds]),
+                                costs=np.array([[stored[s][1].get(k, 0.0) for k in COST_KEYS] for s in seeds]))  # fmt: skip
+            partial.replace(self.path)
 
 
 def target_phrase(scene, index: int) -> str:
@@ -136,13 +196,9 @@ def run(args) -> None:
                     attention_mask_threshold=None, keep_input_outside_attention_mask=False)  # fmt: skip
 
     methods = args.methods
-    pictured = [m for m in methods if m != METHODS[13]]  # the grid shows the ground truth in its last column anyway
     ledits = ledits_pp_pipeline(pipe) if METHODS[8] in methods else None
     scenes = select_scenes(args.scenes, args.first_seed)
-    rows = defaultdict(list)  # (method, kind) -> list of metric dicts
-    examples = {}  # kind -> [input, results..., truth]
-    Path(args.results).mkdir(parents=True, exist_ok=True)
-    checkpoint = Path(args.results) / f"removal_checkpoint_{args.scenes}_{args.first_seed}.jsonl"
+    fingerprint = json.dumps({"steps": steps, "settings": settings}, sort_keys=True)
 
     def scene_results(scene, index, wanted):
         """Runs the ``wanted`` methods on one scene: ``(images, costs)`` by method."""
@@ -205,54 +261,93 @@ def run(args) -> None:
         record(METHODS[18], lambda: pipe(**common, prompt=scene.caption, inversion_method="null-text").images[0], False)
         return results, costs
 
-    def read_checkpoint() -> dict:
-        """Scenes already scored, by seed (a scene's later line, from methods added by a later run, completes its
-        earlier ones)."""
-        scored = {}
-        if checkpoint.is_file():
-            for entry in map(json.loads, checkpoint.read_text().splitlines()):
-                scored.setdefault(entry["seed"], {}).update(entry["metrics"])
-        return scored
-
-    done = read_checkpoint()  # a rerun resumes, and shards share the file
+    caches = {method: ResultCache(args.cache, method, fingerprint) for method in methods}
+    stored = {method: caches[method].load() for method in methods}  # a rerun resumes, and shards share the files
     shard, shards = args.shard
-    started = time.perf_counter()
     for n, (kind, scene, index) in enumerate(scenes):
-        missing = [m for m in methods if m not in done.get(scene.seed, {})]
-        if missing and n % shards != shard:
+        missing = [m for m in methods if scene.seed not in stored[m]]
+        if not missing or n % shards != shard:
             continue
-        if missing:  # a new scene, or methods added to a finished run
-            results, costs = scene_results(scene, index, missing)
-            metrics = {m: {**score(results[m], scene, index, finds), **costs[m]} for m in missing}
-            with checkpoint.open("a") as handle:
-                handle.write(json.dumps({"seed": scene.seed, "metrics": metrics}) + "\n")
-            done.setdefault(scene.seed, {}).update(metrics)
-            if kind not in examples and not [m for m in methods if m not in results]:
-                examples[kind] = [scene.image] + [results[m] for m in pictured] + [scene.objects[index].without]
-            print(f"[{n + 1}/{len(scenes)}] {kind:11s} seed {scene.seed} remove {target_phrase(scene, index)!r}: "
-                  + ", ".join(f"{SHORT_NAMES[METHODS.index(m)]} {'ok' if metrics[m]['success'] else '--'}"
-                              for m in missing), flush=True)  # fmt: skip
+        results, costs = scene_results(scene, index, missing)
+        for method in missing:
+            caches[method].add(scene.seed, results[method], costs[method])
+            stored[method][scene.seed] = results[method], costs[method]
+        print(f"[{n + 1}/{len(scenes)}] {kind:11s} seed {scene.seed} remove {target_phrase(scene, index)!r}: "
+              + ", ".join(SHORT_NAMES[METHODS.index(m)] for m in missing), flush=True)  # fmt: skip
+    # another shard may still be computing some: read the caches again
+    unfinished = [m for m in methods if any(scene.seed not in caches[m].load() for _, scene, _ in scenes)]
+    if unfinished:
+        print(f"{len(unfinished)} method(s) lack scenes; the table is written by a run once every shard has finished")
+    elif not args.compute_only:
+        write_tables(scenes, args, fingerprint, steps, settings)
 
-    if shards > 1:  # the scenes the other shards scored meanwhile: the last shard to finish writes the table
-        for seed, metrics in read_checkpoint().items():
-            done.setdefault(seed, {}).update(metrics)
+
+def cached_detections(cache: ResultCache, stored: dict) -> dict:
+    """The detector's findings on each cached result, ``{seed: [(shape, color, mask), ...]}``, themselves cached
+    beside the results (``<method>.detections.npz``): the detector is the slow part of judging."""
+    from benchmarks.detector import detect
+
+    path = cache.path.with_suffix(".detections.npz")
+    found = {}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            for seed, shape, color, bits in zip(data["seeds"], data["shapes"], data["colors"], data["masks"]):
+                found.setdefault(int(seed), []).append((str(shape), str(color), np.unpackbits(bits)))
+            found.update({int(seed): [] for seed in data["empty"]})
+    missing = [seed for seed in stored if seed not in found]
+    for seed in missing:
+        found[seed] = [(d.shape, d.color, d.mask.ravel()) for d in detect(stored[seed][0])]
+    if missing:
+        with cache.locked():
+            _save_detections(path, found)
+    return {seed: [(shape, color, mask[: stored[seed][0][..., 0].size].astype(bool).reshape(stored[seed][0].shape[:2]))
+                   for shape, color, mask in dets] for seed, dets in found.items() if seed in stored}  # fmt: skip
+
+
+def _save_detections(path: Path, found: dict) -> None:
+    """Writes the detections atomically; ``empty`` keeps the scenes where nothing was found."""
+    rows = [(seed, *d) for seed in sorted(found) for d in found[seed]]
+    partial = path.with_suffix(".partial.npz")
+    np.savez_compressed(partial, seeds=np.array([r[0] for r in rows], int), shapes=np.array([r[1] for r in rows], str),
+                        colors=np.array([r[2] for r in rows], str),
+                        masks=np.array([np.packbits(r[3].astype(bool)) for r in rows], np.uint8).reshape(len(rows), -1),
+                        empty=np.array([seed for seed in found if not found[seed]], int))  # fmt: skip
+    partial.replace(path)
+
+
+def judged(method: str, scenes, args, fingerprint: str):
+    """Every scene's verdict and metrics for ``method`` from its cache, or None while the cache lacks scenes."""
+    from benchmarks.judge import judge, strip
+
+    cache = ResultCache(args.cache, method, fingerprint)
+    stored = cache.load()
+    if any(scene.seed not in stored for _, scene, _ in scenes):
+        return None
+    detections = cached_detections(cache, stored)
+    strips = Path(args.results) / "removal_strips" / cache.path.stem
+    strips.mkdir(parents=True, exist_ok=True)
+    scored = {}
     for kind, scene, index in scenes:
-        if all(method in done.get(scene.seed, {}) for method in methods):
-            for method in methods:
-                rows[(method, kind)].append(done[scene.seed][method])
+        image, cost = stored[scene.seed]
+        pairs = {(shape, color) for shape, color, _ in detections[scene.seed]}
+        old = score(image, scene, index, lambda _image, shape, color: (shape, color) in pairs)
+        old["old_success"] = old.pop("success")
+        scored[scene.seed] = {**old, **judge(image, scene, index, detections[scene.seed]), **cost, "kind": kind}
+        strip(scene, index, image).save(strips / f"{scene.seed}.png")
+    return scored
 
-    scored = sum(len(rows[(methods[0], k)]) for k in KINDS)
-    if scored < len(scenes):
-        print(f"{scored} of {len(scenes)} scenes scored; the table is written by a run once every shard has finished")
-        return
-    table = make_table(rows, methods, scenes, steps, settings, args, time.perf_counter() - started)
-    write_result("removal.md", table, args.results)
-    for kind, scene, index in scenes:  # a resumed run re-makes the pictures of the first scene of each kind
+
+def write_tables(scenes, args, fingerprint, steps, settings) -> None:
+    """Judges every method whose cache covers the scenes; writes removal.md (and the grid) with a row per method."""
+    scored = {method: judged(method, scenes, args, fingerprint) for method in METHODS}
+    write_result("removal.md", make_table(scored, scenes, steps, settings, args, fingerprint), args.results)
+    complete = [m for m in METHODS if scored[m] is not None and m != METHODS[13]]
+    examples = {}
+    for kind, scene, index in scenes:  # the first scene of each kind
         if kind not in examples:
-            results, _ = scene_results(scene, index, methods)
-            examples[kind] = [scene.image] + [results[m] for m in pictured] + [scene.objects[index].without]
-    make_grid(examples, pictured).save(Path(args.results) / "removal.png")
-    checkpoint.unlink()
+            images = [ResultCache(args.cache, m, fingerprint).load()[scene.seed][0] for m in complete]
+            examples[kind] = [scene.image, *map(Image.fromarray, images), scene.objects[index].without]
+    make_grid(examples, complete).save(Path(args.results) / "removal.png")
 
 
 def _mean(values):
@@ -263,7 +358,8 @@ def _mean(values):
     return sum(values) / len(values) if values else float("nan")
 
 
-def make_table(rows, methods, scenes, steps, settings, args, elapsed) -> str:
+def make_table(scored: dict, scenes, steps, settings, args, fingerprint: str) -> str:
+    from benchmarks.judge import tolerances_text
     from magic_remover.pipeline_magic_remover import DEFAULT_INVERSION_METHOD
 
     inversion_method = settings.get("inversion_method", DEFAULT_INVERSION_METHOD)
@@ -272,40 +368,46 @@ def make_table(rows, methods, scenes, steps, settings, args, elapsed) -> str:
     lines = [
         "# Removal benchmark",
         "",
-        f"Command: `{command.strip()}`  ",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}; "
-        f"torch {torch.__version__}; run took {elapsed / 60:.1f} min on {time.strftime('%Y-%m-%d')}.  ",
+        f"Command: `{command.strip()}` (judging the cached results in `{Path(args.cache).name}/`)  ",
+        f"Judged on {platform.machine()}, torch {torch.__version__}, on {time.strftime('%Y-%m-%d')}.  ",
         f"Model: the embedded tiny-shapes model; {len(scenes)} held-out scenes (seeds from {args.first_seed}): "
         + ", ".join(f"{k} {v}" for k, v in counts.items())
         + f"; {steps} DDIM steps; MagicRemover settings {settings or 'paper defaults'}.",
         "",
-        "Success: the detector no longer finds the target and still finds every other object; the failures split into "
-        "target left (the detector still finds it) and other lost (it no longer finds a neighbour; a result can be "
-        "both). Fill PSNR: inside the "
-        "target's region (object and shadow) against the scene rendered without it. Background PSNR: outside the "
-        "region dilated by 3 px, against the input (inf: untouched, as the mask-based methods leave it). Image PSNR: whole image against the scene without the target. "
-        "Time and UNet passes include the inversion for the methods that use it (one per scene, shared in the run, "
-        f"made with the call's default method: {inversion_method}; the null-text row makes and counts its own). "
-        "Peak memory: resident-set growth during the method (CPU).",
+        "Success (the judge, `benchmarks/judge.py`, validated by eye in `judge_validation.md`): the target is gone, "
+        "nothing is in its place, its shadow is gone and every neighbour is kept; each failure is its own column and "
+        "a result can fail several. Target left: a quarter of the object's pixels still nearer the input than the "
+        "truth, or the detector still finds it. Replaced: a blob of pixels off the truth in the target's region, or "
+        "an object found there that the truth does not hold (a recoloured target is a replacement). Shadow left: a "
+        "quarter of the shadow's pixels still dark. Neighbour damaged: a tenth of another object's visible pixels off "
+        f"the truth. Tolerances: {tolerances_text()}. Old success: the previous definition (the detector no longer "
+        "finds the target and still finds every other object), kept for continuity. Fill PSNR: inside the target's "
+        "region against the scene rendered without it. Background PSNR: outside the region dilated by 3 px, against "
+        "the input (inf: untouched). Time and UNet passes (measured when the result was made, on a shared CPU: "
+        "compare within the table) include the inversion for the methods that use it (one per scene, shared, made "
+        f"with the call's default method: {inversion_method}; the null-text rows make their own).",
         "",
-        "| method | kind | n | success | target left | other lost | fill PSNR (dB) | background PSNR (dB) "
-        "| image PSNR (dB) | s / image | UNet fwd / bwd | peak MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | kind | n | success | target left | replaced | shadow left | neighbour damaged | old success "
+        "| fill PSNR (dB) | background PSNR (dB) | s / image | UNet fwd / bwd |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for method in methods:
+    for method in METHODS:
+        if scored[method] is None:
+            cached = len(ResultCache(args.cache, method, fingerprint).load())
+            lines.append(f"| {method} | all | {cached} of {len(scenes)} | not re-scored: its run had not finished "
+                         + "| — " * 9 + "|")  # fmt: skip
+            continue
         for kind in KINDS + ["all"]:
-            items = [r for k in KINDS for r in rows[(method, k)]] if kind == "all" else rows[(method, kind)]
-            if not items:
-                continue
-            rate = {key: 100 * sum(r[key] for r in items) / len(items) for key in ("success", "target_left", "others_lost")}
+            items = [r for r in scored[method].values() if kind in ("all", r["kind"])]
+            rate = {key: 100 * sum(r[key] for r in items) / len(items)
+                    for key in ("success", *("target_left", "replaced", "shadow_left", "neighbour_damaged"), "old_success")}  # fmt: skip
             lines.append(
-                f"| {method if kind == KINDS[0] else ''} | {kind} | {len(items)} | {rate['success']:.0f}% "
-                f"| {rate['target_left']:.0f}% | {rate['others_lost']:.0f}% "
+                f"| {method if kind == KINDS[0] else ''} | {kind} | {len(items)} | **{rate['success']:.0f}%** "
+                f"| {rate['target_left']:.0f}% | {rate['replaced']:.0f}% | {rate['shadow_left']:.0f}% "
+                f"| {rate['neighbour_damaged']:.0f}% | {rate['old_success']:.0f}% "
                 f"| {_mean([r['fill_psnr'] for r in items]):.2f} | {_mean([r['background_psnr'] for r in items]):.2f} "
-                f"| {_mean([r['image_psnr'] for r in items]):.2f} | {_mean([r['seconds'] for r in items]):.2f} "
-                f"| {_mean([r['forward'] for r in items]):.0f} / {_mean([r['backward'] for r in items]):.0f} "
-                f"| {_mean([r['peak_mib'] for r in items]):.0f} |"
+                f"| {_mean([r['seconds'] for r in items]):.2f} "
+                f"| {_mean([r['forward'] for r in items]):.0f} / {_mean([r['backward'] for r in items]):.0f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -347,7 +449,12 @@ def main(argv=None):
     parser.add_argument("--shard", type=lambda v: tuple(int(x) for x in v.split("/")), default=(0, 1),
                         help="i/n: run only scenes with index %% n == i (checkpointed; a run without --shard, or the "
                              "last shard to finish, writes the table)")
+    parser.add_argument("--cache", default=None,
+                        help="folder of the per-method result caches (default: <results>/removal_cache)")
+    parser.add_argument("--compute-only", action="store_true",
+                        help="fill the caches for --methods and stop; a later run without it judges and writes the table")
     args = parser.parse_args(argv)
+    args.cache = Path(args.cache or Path(args.results) / "removal_cache")
     args.scenes = args.scenes or (10 if args.quick else 100)
     run(args)
 

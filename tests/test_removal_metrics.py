@@ -104,3 +104,20 @@ def test_failure_attention_shares_and_outcome_labels():
     assert outcome({"success": True, "target_left": False, "others_lost": False}) == "success"
     assert outcome({"success": False, "target_left": True, "others_lost": True}) == "target left"
     assert outcome({"success": False, "target_left": False, "others_lost": True}) == "neighbour lost"
+
+
+def test_the_result_cache_keeps_each_scene_resumes_and_refuses_other_settings(tmp_path):
+    from benchmarks.removal import METHODS, ResultCache
+
+    cache = ResultCache(tmp_path, METHODS[11], fingerprint='{"steps": 20}')
+    assert cache.load() == {}
+    first = np.full((64, 64, 3), 7, np.uint8)
+    cache.add(20001, first, {"seconds": 1.5, "forward": 68})
+    cache.add(20002, first + 1, {"seconds": 2.0})
+    again = ResultCache(tmp_path, METHODS[11], fingerprint='{"steps": 20}').load()  # a later run reads both back
+    assert sorted(again) == [20001, 20002] and np.array_equal(again[20002][0], first + 1)
+    assert again[20001][1]["seconds"] == 1.5 and again[20001][1]["forward"] == 68
+    assert not list(tmp_path.glob("*.partial.npz"))
+    with pytest.raises(RuntimeError, match="other settings"):
+        ResultCache(tmp_path, METHODS[11], fingerprint='{"steps": 50}').load()
+    assert sorted(ResultCache(tmp_path, METHODS[11], fingerprint=None).load()) == [20001, 20002]
