@@ -56,7 +56,7 @@ if __name__ == "__main__":  # run as a script from a checkout: the repository is
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from magic_remover.scenes import COLORS, SHAPES, points_in_polygon, polygon_vertices, visible_fraction
-from magic_remover.scenes import _soft_band  # the generator's anti-aliased periodic band (~1 px soft edges)
+from magic_remover.scenes import soft_band  # the generator's anti-aliased periodic band (~1 px soft edges)
 
 __all__ = ["Detection", "detect", "detect_pairs", "finds", "COLOR_NAMES", "SHAPES", "to_float_image"]
 
@@ -356,10 +356,10 @@ def _pattern_weight(kind: str, params, xx: np.ndarray, yy: np.ndarray) -> np.nda
     if kind == "stripes":
         o, period, phase = params
         u = (yy, xx, (xx + yy) / np.sqrt(2), (xx - yy) / np.sqrt(2))[int(o)]
-        return _soft_band(u / period + phase, 1.0, period)
+        return soft_band(u / period + phase, 1.0, period)
     cell, ox, oy = params
-    px = _soft_band((xx + ox) / cell, 2.0, cell)
-    py = _soft_band((yy + oy) / cell, 2.0, cell)
+    px = soft_band((xx + ox) / cell, 2.0, cell)
+    py = soft_band((yy + oy) / cell, 2.0, cell)
     return px * (1 - py) + py * (1 - px)
 
 

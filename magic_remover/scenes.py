@@ -242,7 +242,7 @@ def _value_noise(rng, size: int, cell: float) -> np.ndarray:
     return out
 
 
-def _soft_band(t, period, scale):
+def soft_band(t, period, scale):
     """Anti-aliased periodic indicator of the upper half of each period of `t`.
 
     `scale` = pixels per unit of t (gives ~1 px soft edges)."""
@@ -277,7 +277,7 @@ def _bg_striped(rng, size):
         u = xx
     else:
         u = (xx + yy * (1 if rng.random() < 0.5 else -1)) / np.sqrt(2)
-    w = _soft_band(u / period + rng.random(), 1.0, period)[..., None]
+    w = soft_band(u / period + rng.random(), 1.0, period)[..., None]
     palettes = [
         ((0.92, 0.90, 0.80), (0.55, 0.70, 0.85)),
         ((0.95, 0.95, 0.95), (0.80, 0.55, 0.45)),
@@ -294,7 +294,7 @@ def _bg_checkered(rng, size):
     ox, oy = rng.random(2) * cell * 2
 
     def soft_parity(u):
-        return _soft_band(u / cell, 2.0, cell)
+        return soft_band(u / cell, 2.0, cell)
 
     px = soft_parity(xx + ox)
     py = soft_parity(yy + oy)
