@@ -147,6 +147,7 @@ class MagicRemoverPipeline(
         safety_checker=None,
         feature_extractor: CLIPImageProcessor = None,
         requires_safety_checker: bool = True,
+        removal_defaults: dict | None = None,
     ):
         super().__init__()
         if safety_checker is not None and feature_extractor is None:
@@ -166,6 +167,7 @@ class MagicRemoverPipeline(
             vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_convert_grayscale=True
         )
         self.register_to_config(requires_safety_checker=requires_safety_checker)
+        self.register_removal_defaults(removal_defaults)
 
     # ------------------------------------------------------------------------------------------------------------
     # Building blocks
@@ -820,9 +822,9 @@ class MagicRemoverPipeline(
 
 
 def read_removal_defaults(folder) -> dict:
-    """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one); see
-    :func:`~model_loading.read_settings`."""
-    return read_settings(folder, MagicRemoverPipeline.call_arguments())
+    """The tuned call settings a local model folder ships (``removal_defaults`` in its ``model_index.json``; ``{}``
+    without any); see :func:`~model_loading.read_settings`."""
+    return read_settings(folder, MagicRemoverPipeline.settable_arguments()) or {}
 
 
 #: The sibling modules this file imports, directly or through each other: what travels with it as ``pipeline.py``
