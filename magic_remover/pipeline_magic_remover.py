@@ -491,10 +491,11 @@ class MagicRemoverPipeline(
             raise ValueError(f"`inversion_method` must be one of {INVERSION_METHODS}, got {inversion_method!r}.")
         self._warn_about_options_without_effect(options, mask_image is not None)
         if options.keep_input_outside_attention_mask and mask_image is None:
-            if image is None:
-                raise ValueError(
-                    "`keep_input_outside_attention_mask` takes the input's pixels outside the automatic mask: pass "
-                    "`image` along with `inversion`."
+            if image is None:  # README's reuse, `pipe(inversion=inv, ...)`, on a model that ships the option on
+                logger.warning(
+                    "`keep_input_outside_attention_mask` without `image`: outside the automatic mask the result keeps "
+                    "the autoencoder's reconstruction of the inverted image; pass `image` along with `inversion` to "
+                    "keep its own pixels."
                 )
             if output_type == "latent":
                 raise ValueError(
