@@ -94,7 +94,7 @@ EXAMPLE_DOC_STRING = """
         >>> from magic_remover import MagicRemoverPipeline
 
         >>> pipe = MagicRemoverPipeline.from_pretrained(
-        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16, safety_checker=None
+        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", dtype=torch.float16, safety_checker=None
         ... ).to("cuda")
         >>> image = load_image("dog_on_grass.png")
         >>> out = pipe(image=image, prompt="a photo of a dog on the grass", target="dog")
