@@ -9,9 +9,11 @@ found from the class (``inspect.getfile``), so each pipeline class saves its own
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
+import logging as std_logging
 import os
 from pathlib import Path
 
@@ -74,6 +76,52 @@ def read_settings(folder, allowed: frozenset) -> dict | None:
     )
     return check_settings(json.loads(legacy.read_text()), allowed, str(legacy))
 
+
+
+#: Notices the libraries print while a pipeline is loaded that tell its user nothing, by the logger that prints each
+KNOWN_LOADING_NOTICES = {
+    # transformers 5 without torchvision, when diffusers looks image-processor classes up by name while loading: the
+    # PIL class it falls back to is the one the pipeline uses anyway
+    "transformers.utils.import_utils": "requires torchvision (not installed); falling back to",
+    # diffusers' ModelMixin.to under from_pipe's dtype cast, about an empty list of modules to keep in float32
+    "diffusers.models.modeling_utils": "that should be kept in float32: []",
+}
+
+
+class DropNotice(std_logging.Filter):
+    """Drops the records whose message contains ``text``; every other record passes."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """While a pipeline is built: the known notices (``KNOWN_LOADING_NOTICES``) dropped and diffusers' and
+    transformers' loading progress bars off; afterwards both as they were, so the user's own settings and every other
+    message are untouched. Progress bars are a process-wide switch in both libraries: another thread loading at the
+    same moment loses its bar too."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    filters = [(std_logging.getLogger(name), DropNotice(text)) for name, text in KNOWN_LOADING_NOTICES.items()]
+    for logger_, notice in filters:
+        logger_.addFilter(notice)
+    bars = [(library, library.is_progress_bar_enabled()) for library in (diffusers_logging, transformers_logging)]
+    for library, _ in bars:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for logger_, notice in filters:
+            logger_.removeFilter(notice)
+        for library, enabled in bars:
+            if enabled:
+                library.enable_progress_bar()
 
 
 def with_model_defaults(renamed: dict | None = None):
@@ -167,12 +215,13 @@ class MagicRemoverLoadingMixin:
         A folder written by :meth:`save_pretrained` carries ``pipeline.py``. When that code is byte-identical to this
         installation's there is nothing foreign to trust, so it loads without ``trust_remote_code``; any other code
         still needs the user's explicit ``trust_remote_code=True``, as diffusers requires. ``removal_defaults=``
-        replaces the folder's settings.
+        replaces the folder's settings. Loads quietly (:func:`quiet_loading`).
         """
         folder = Path(os.fspath(pretrained_model_name_or_path))
         if "custom_pipeline" not in kwargs and folder.is_dir() and carries_code(folder, inspect.getfile(cls)):
             kwargs.setdefault("trust_remote_code", True)
-        pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        with quiet_loading():
+            pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipeline, cls) and type(pipeline).__name__ == cls.__name__:
             pipeline = cls(**pipeline.components, **{k: pipeline.config[k] for k in ("requires_safety_checker",
                                                                                     "removal_defaults")})  # fmt: skip
@@ -200,12 +249,14 @@ class MagicRemoverLoadingMixin:
             from diffusers.pipelines import pipeline_utils
 
             kwargs["dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"] = main
-            new_pipeline = super().from_pipe(pipeline, **kwargs)
+            with quiet_loading():
+                new_pipeline = super().from_pipe(pipeline, **kwargs)
             for name, dtype in dtypes.items():
                 if dtype != main:  # a component the single-dtype cast changed: put it back
                     modules[name].to(dtype=dtype)
         else:
-            new_pipeline = super().from_pipe(pipeline, **kwargs)
+            with quiet_loading():
+                new_pipeline = super().from_pipe(pipeline, **kwargs)
         new_pipeline.removal_defaults  # read now, as from_pretrained does
         return new_pipeline
 
