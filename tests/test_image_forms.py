@@ -28,7 +28,7 @@ FORMS = {
     "numpy [0, 1]": unit_array,
     "tensor [0, 1]": lambda: torch.from_numpy(unit_array()).permute(2, 0, 1),
     "tensor [-1, 1]": lambda: torch.from_numpy(unit_array()).permute(2, 0, 1) * 2 - 1,
-    "tensor uint8": lambda: torch.from_numpy(np.asarray(make_test_image())).permute(2, 0, 1),
+    "tensor uint8": lambda: torch.from_numpy(np.array(make_test_image())).permute(2, 0, 1),
     "batched tensor [0, 1]": lambda: torch.from_numpy(unit_array()).permute(2, 0, 1)[None],
     "list of one": lambda: [make_test_image()],
 }
