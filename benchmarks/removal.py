@@ -24,7 +24,6 @@ import os
 import platform
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +180,6 @@ def select_scenes(count: int, first_seed: int) -> list[tuple[str, object, int]]:
 
 
 def run(args) -> None:
-    from benchmarks.detector import finds
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
     from magic_remover.scenes import caption_without
 

@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import logging
 
 from .images import to_rgb
@@ -97,16 +98,15 @@ def image_batch_and_size(image, name: str) -> tuple[int, tuple[int, int]]:
 
 
 def numpy_to_unit(array: np.ndarray, name: str) -> np.ndarray:
-    """A numpy image's samples as float64 in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0/1, floats as they are
-    (they must already lie in [0, 1], diffusers' convention). Out-of-range values are refused, never clipped."""
+    """A numpy image's samples as float32 in [0, 1], diffusers' convention for numpy: uint8 / 255, uint16 / 65535, bool
+    as 0/1 (diffusers reads only floats right), floats as they are, which must already lie in [0, 1]. Out-of-range
+    values are refused, never clipped."""
     if array.dtype == np.bool_:
-        return array.astype(np.float64)
-    if array.dtype == np.uint8:
-        return array.astype(np.float64) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float64) / 65535.0
+        return array.astype(np.float32)
+    if array.dtype in (np.uint8, np.uint16):
+        return (array.astype(np.float64) / float(np.iinfo(array.dtype).max)).astype(np.float32)
     if np.issubdtype(array.dtype, np.floating):
-        values = array.astype(np.float64)
+        values = array.astype(np.float32)
         if not np.isfinite(values).all():
             raise ValueError(f"`{name}` holds NaN or inf values.")
         if values.size and (values.min() < 0 or values.max() > 1):
@@ -131,19 +131,19 @@ def to_three_channels(pixels: torch.Tensor, name: str, layout: str) -> torch.Ten
     return pixels
 
 
-def image_to_pixels(image, name: str = "image") -> torch.Tensor:
-    """Any documented image form as a float32 ``[B, 3, H, W]`` tensor in ``[-1, 1]``.
+def diffusers_image(image, name: str = "image"):
+    """One image input (not a list) in the form diffusers' ``VaeImageProcessor.preprocess`` reads right, checked.
 
-    PIL in any mode (converted as :func:`magic_remover.images.to_rgb` does: 16-bit scaled, alpha over white);
-    numpy ``HxW``, ``HxWxC`` or ``BxHxWxC`` (uint8, uint16, bool, or float in ``[0, 1]``); tensors ``HxW``,
-    ``CxHxW`` or ``BxCxHxW`` (float in ``[-1, 1]``, or uint8); lists of single images. 1-channel images become
-    grey RGB, 4-channel numpy/PIL images are composited over white. Out-of-range values raise, never clip.
+    What the processor lacks is done here: PIL in every mode through :func:`magic_remover.images.to_rgb` (16-bit
+    scaled, alpha over white); numpy ``HxW``, ``HxWxC`` or ``BxHxWxC`` of any of :func:`numpy_to_unit`'s dtypes, as
+    float32 ``BxHxWx3`` in [0, 1]; tensors ``HxW``, ``CxHxW`` or ``BxCxHxW``, uint8 and bool scaled to [0, 1], as
+    float32 ``Bx3xHxW``. Float tensors keep their range: [0, 1], or [-1, 1], which the processor still accepts (with
+    its deprecation warning) when a value is negative, as in every diffusers pipeline. 1-channel images become grey
+    RGB, 4-channel numpy images are composited over white; a 4-channel tensor would be read as latents and is refused.
+    Anything outside these ranges, NaN and inf raise, naming ``name``.
     """
-    if isinstance(image, list):
-        return torch.cat([image_to_pixels(item, name) for item in image])
     if isinstance(image, PIL.Image.Image):
-        array = np.asarray(to_rgb(image), dtype=np.float32)[None] / 255.0
-        return torch.from_numpy(array).permute(0, 3, 1, 2) * 2 - 1  # diffusers' layout, so its convolutions' numbers
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         unit = numpy_to_unit(image, name)
         if unit.ndim == 2:
@@ -155,34 +155,60 @@ def image_to_pixels(image, name: str = "image") -> torch.Tensor:
                 f"`{name}` as a numpy array is channels-last (HxWxC); got shape {image.shape}, which looks "
                 "channels-first: transpose it, or pass a tensor."
             )
-        pixels = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32)).permute(0, 3, 1, 2)
-        return to_three_channels(pixels, name, "numpy HxWxC") * 2 - 1
+        pixels = to_three_channels(torch.from_numpy(np.ascontiguousarray(unit)).permute(0, 3, 1, 2), name, "numpy HxWxC")
+        return pixels.permute(0, 2, 3, 1).contiguous().numpy()
     if isinstance(image, torch.Tensor):
         pixels = image.detach().cpu()
-        if pixels.ndim == 2:
-            pixels = pixels[None, None]
-        elif pixels.ndim == 3:
-            pixels = pixels[None]
+        pixels = pixels[None, None] if pixels.ndim == 2 else pixels[None] if pixels.ndim == 3 else pixels
         if pixels.dtype == torch.uint8:
-            pixels = pixels.float() / 127.5 - 1
+            pixels = pixels.float() / 255.0
+        elif pixels.dtype == torch.bool:
+            pixels = pixels.float()
         elif not pixels.is_floating_point():
-            raise TypeError(f"`{name}` as a tensor must be float (in [-1, 1]) or uint8, got {pixels.dtype}.")
+            raise TypeError(f"`{name}` as a tensor must be float (in [0, 1]), uint8 or bool, got {pixels.dtype}.")
         pixels = pixels.float()
         if not torch.isfinite(pixels).all():
             raise ValueError(f"`{name}` holds NaN or inf values.")
         low, high = float(pixels.min()), float(pixels.max())
         if low < -1 - 1e-3 or high > 1 + 1e-3:
             raise ValueError(
-                f"`{name}` as a tensor must hold values in [-1, 1], got [{low:.4g}, {high:.4g}] (a [0, 255] image: "
-                "divide by 127.5 and subtract 1)."
+                f"`{name}` as a float tensor must hold values in [0, 1] (diffusers' convention; [-1, 1] is also read), "
+                f"got [{low:.4g}, {high:.4g}]; divide a [0, 255] image by 255."
             )
         if pixels.shape[1] == 4:
             raise ValueError(
                 f"`{name}` as a tensor has 4 channels: that is read as latents, which must match the VAE's "
-                "latent channels; pass RGB pixels (3 channels) in [-1, 1]."
+                "latent channels; pass RGB pixels (3 channels) in [0, 1]."
             )
-        return (to_three_channels((pixels.clamp(-1, 1) + 1) / 2, name, "tensor CxHxW") * 2 - 1).contiguous()
+        if pixels.shape[1] not in (1, 3):
+            raise ValueError(f"`{name}` must have 1 or 3 channels (tensor CxHxW), got {pixels.shape[1]}.")
+        # rounding may step just outside the range; the processor reads the sign of the minimum, so keep it
+        pixels = pixels.clamp(-1, 1) if low < 0 else pixels.clamp(0, 1)
+        return pixels.expand(-1, 3, -1, -1).contiguous()
     raise TypeError(f"`{name}` must be a PIL.Image.Image, numpy array, torch.Tensor or a list of them, got {type(image).__name__}.")
+
+
+#: Reads images as a pipeline's own processor does, without resizing: the size is the pipeline's business
+UNRESIZED_PROCESSOR = VaeImageProcessor(do_resize=False)
+
+
+def image_to_pixels(image, name: str = "image", processor: VaeImageProcessor | None = None) -> torch.Tensor:
+    """Any documented image form (see :func:`diffusers_image`), or a list of single images, as a float32
+    ``[B, 3, H, W]`` tensor in ``[-1, 1]`` at its own size, through ``processor.preprocess`` (a pipeline's
+    ``image_processor``; by default one that never resizes)."""
+    processor = processor or UNRESIZED_PROCESSOR
+    images = image if isinstance(image, list) else [image]
+    batches = []
+    for item in images:
+        ready = diffusers_image(item, name)
+        height, width = (ready.height, ready.width) if isinstance(ready, PIL.Image.Image) else (
+            ready.shape[1:3] if isinstance(ready, np.ndarray) else ready.shape[-2:]
+        )  # fmt: skip
+        # the size it has: a resizing processor leaves it as it is, and the pipeline resizes as it needs
+        batches.append(processor.preprocess(ready, height=int(height), width=int(width)).float())
+    # one memory layout for every form, so the same pixels give the same numbers: the autoencoder's convolutions
+    # round differently on channels-last and contiguous inputs; channels-last is what PIL images come as
+    return torch.cat(batches).contiguous(memory_format=torch.channels_last)
 
 
 def mask_arrays(mask_image) -> list[np.ndarray]:
@@ -204,8 +230,9 @@ LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L")
 
 
 def grey_unit_mask(mask_image):
-    """``mask_image`` as grey values in [0, 1], the form diffusers' mask processor reads right: integer numpy masks
-    (uint8 0..255, uint16 0..65535) scaled to [0, 1], as integer numpy images are; coloured numpy (``[H, W, C]``,
+    """``mask_image`` as grey float32 values in [0, 1], the form diffusers' mask processor reads right: uint8 masks
+    (numpy or tensor, 0..255) and uint16 numpy masks scaled to [0, 1], as such images are; bool masks as 0/1, every
+    other dtype (float16, int64 0/1 masks, ...) as float32 by value; coloured numpy (``[H, W, C]``,
     ``[B, H, W, C]``) and tensor (``[C, H, W]``, ``[B, C, H, W]``) masks turned grey by luminance, as PIL masks are
     (the processor would read their channels as a batch of masks). PIL masks and grey arrays are returned as they
     are."""
@@ -214,9 +241,13 @@ def grey_unit_mask(mask_image):
     if isinstance(mask_image, np.ndarray):
         if mask_image.dtype in (np.uint8, np.uint16):
             mask_image = mask_image.astype(np.float32) / float(np.iinfo(mask_image.dtype).max)
+        elif mask_image.dtype != np.float32:  # bool as 0/1, other integers and floats by value (checked to [0, 1])
+            mask_image = mask_image.astype(np.float32)
         if mask_image.ndim >= 3 and mask_image.shape[-1] in (3, 4):
             mask_image = (mask_image[..., :3].astype(np.float32) @ np.asarray(LUMINANCE, np.float32))[..., None]
-    elif isinstance(mask_image, torch.Tensor) and mask_image.ndim >= 3 and mask_image.shape[-3] in (3, 4):
+    if isinstance(mask_image, torch.Tensor):  # as tensor images: uint8 over 255, bool as 0/1, the rest by value
+        mask_image = mask_image.float() / 255.0 if mask_image.dtype == torch.uint8 else mask_image.float()
+    if isinstance(mask_image, torch.Tensor) and mask_image.ndim >= 3 and mask_image.shape[-3] in (3, 4):
         weights = torch.tensor(LUMINANCE, dtype=mask_image.dtype, device=mask_image.device).view(3, 1, 1)
         mask_image = (mask_image[..., :3, :, :] * weights).sum(-3, keepdim=True)
     return mask_image
@@ -237,8 +268,8 @@ def check_mask_values(mask_image) -> None:
             raise ValueError("`mask_image` holds NaN or inf values; expected values in [0, 1] (or 0..255 for PIL).")
         if not isinstance(mask, PIL.Image.Image) and (array.min() < 0 or array.max() > 1):
             raise ValueError(
-                f"`mask_image` as a float array or tensor must hold values in [0, 1], got {array.min():g} to "
-                f"{array.max():g}; pass uint8 numpy (0..255), a PIL image, or divide by 255."
+                f"`mask_image` as an array or tensor must hold values in [0, 1] (uint8: 0..255), got {array.min():g} "
+                f"to {array.max():g}; pass uint8 (0..255), a PIL image, or divide by 255."
             )
         if array.max() <= 0:
             raise ValueError("`mask_image` is all black: nothing would be removed. Paint the target's region white.")

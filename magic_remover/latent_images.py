@@ -96,8 +96,9 @@ class LatentImageMixin:
 
     def _prepare_image(self, image, processing_size=None) -> torch.Tensor:
         """``image`` as ``[B, 3, h, w]`` in [-1, 1] at ``processing_size`` (default: the size rounded down to a
-        multiple of ``vae_scale_factor``), resized with antialiased bicubic interpolation."""
-        pixels = image_to_pixels(image, "image")
+        multiple of ``vae_scale_factor``), read by the pipeline's ``image_processor`` as diffusers reads images
+        (tensors and numpy in [0, 1]) and resized with antialiased bicubic interpolation."""
+        pixels = image_to_pixels(image, "image", self.image_processor)
         height, width = pixels.shape[-2:]
         factor = self.vae_scale_factor
         size = tuple(processing_size) if processing_size else (height - height % factor, width - width % factor)

@@ -1,60 +1,127 @@
 """How a MagicRemover pipeline is loaded, saved and given its model's tuned settings: a mixin for the pipeline classes.
 
-``from_pretrained`` reads the model folder's tuned call settings (``magic_remover_defaults.json``), ``from_pipe`` keeps
+A model's tuned call settings are part of the pipeline's configuration (``removal_defaults`` in ``model_index.json``,
+kept by ``register_to_config`` as ``requires_safety_checker`` is), so every way diffusers builds a pipeline reaches
+them: ``from_pretrained`` with or without ``custom_pipeline=``, ``from_pipe`` in either direction. ``from_pipe`` keeps
 the source pipeline's dtypes, ``save_pretrained`` writes the pipeline's code beside the weights. The pipeline file is
 found from the class (``inspect.getfile``), so each pipeline class saves its own file and its own imports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
+import logging as std_logging
 import os
 from pathlib import Path
 
 import torch
+from diffusers.utils import logging
 
 from .pipeline_code import carries_code, write_code
 
-DEFAULTS_FILE = "magic_remover_defaults.json"
+logger = logging.get_logger(__name__)
 
+#: Where folders written before the settings moved into ``model_index.json`` keep them; still read, with a notice.
+LEGACY_DEFAULTS_FILE = "magic_remover_defaults.json"
+DEFAULTS_FILE = LEGACY_DEFAULTS_FILE  # the name code written before the move imports
 
-def read_settings(folder, known: frozenset) -> dict:
-    """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one).
-
-    Keys are ``__call__`` argument names; an unknown key is a ``ValueError`` naming the file, so a typo never passes
-    silently. Stable Diffusion checkpoints carry no such file and keep the paper's defaults.
-    """
-    path = Path(os.fspath(folder)) / DEFAULTS_FILE
-    if not path.is_file():
-        return {}
-    settings = json.loads(path.read_text())
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path} must hold a JSON object of `__call__` arguments, got {type(settings).__name__}.")
-    check_settings(settings, known, str(path))
-    return settings
-
-
-#: ``__call__`` arguments that are a call's own data or output form, never a model's tuned setting
+#: ``__call__`` arguments a model cannot set for its users: what a call is about (its inputs) and how its result is
+#: returned; a model's settings naming one of them are refused when it is loaded.
 PER_CALL_ARGUMENTS = frozenset({
-    "image", "prompt", "target", "mask_image", "inversion", "generator", "prompt_embeds", "output_type", "return_dict",
-    "callback_on_step_end", "callback_on_step_end_tensor_inputs",
+    "image", "prompt", "target", "mask_image", "inversion", "prompt_embeds", "negative_prompt",
+    "negative_prompt_embeds", "generator", "output_type", "return_dict", "callback_on_step_end",
+    "callback_on_step_end_tensor_inputs",
 })  # fmt: skip
 
 
-def check_settings(settings: dict, known: frozenset, where: str) -> None:
-    """A model's settings name only ``__call__`` arguments (a typo never passes silently), and none of a call's own
-    data or output form (``PER_CALL_ARGUMENTS``: a default ``output_type`` would break every caller)."""
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ValueError(f"{where} names settings `__call__` does not take: {unknown}; expected a subset of {sorted(known)}.")
-    per_call = sorted(set(settings) & PER_CALL_ARGUMENTS)
-    if per_call:
+def check_settings(settings, allowed: frozenset, source: str) -> dict:
+    """``settings`` as a new dict once every key is one of ``allowed``; ``source`` says where they came from.
+
+    A ``TypeError`` for anything but a dict with string keys; a ``ValueError`` naming each key a model may not set
+    (an input or an output form: ``PER_CALL_ARGUMENTS``) or ``__call__`` does not take, so a typo never passes.
+    """
+    if not isinstance(settings, dict) or not all(isinstance(key, str) for key in settings):
+        raise TypeError(f"{source} must be a dict of `__call__` argument names to values, got {settings!r}.")
+    refused = sorted(set(settings) & PER_CALL_ARGUMENTS)
+    if refused:
         raise ValueError(
-            f"{where} sets `{per_call[0]}`, which belongs to each call, not to a model: remove it "
-            f"({', '.join(sorted(PER_CALL_ARGUMENTS))} cannot be a model's defaults)."
+            f"{source} sets {', '.join(f'`{key}`' for key in refused)}, which belong to each call, not to a model: "
+            f"remove them ({', '.join(sorted(PER_CALL_ARGUMENTS))} cannot be a model's defaults)."
         )
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ValueError(f"{source} names settings `__call__` does not take: {unknown}; expected some of {sorted(allowed)}.")
+    return dict(settings)
+
+
+def read_settings(folder, allowed: frozenset) -> dict | None:
+    """The tuned call settings a local model folder ships: ``removal_defaults`` of its ``model_index.json``, else (a
+    folder written before they moved there) its ``magic_remover_defaults.json``, with a one-line notice; ``None``
+    when it has neither (a Stable Diffusion checkpoint: the paper's defaults). Checked as :func:`check_settings`."""
+    folder = Path(os.fspath(folder))
+    index = folder / "model_index.json"
+    if index.is_file():
+        settings = json.loads(index.read_text()).get("removal_defaults")
+        if settings is not None:
+            return check_settings(settings, allowed, f"`removal_defaults` in {index}")
+    legacy = folder / LEGACY_DEFAULTS_FILE
+    if not legacy.is_file():
+        return None
+    logger.warning(
+        f"{legacy}: read as the model's removal settings; this file is superseded by `removal_defaults` in "
+        "model_index.json, which `save_pretrained` writes."
+    )
+    return check_settings(json.loads(legacy.read_text()), allowed, str(legacy))
+
+
+
+#: Notices the libraries print while a pipeline is loaded that tell its user nothing, by the logger that prints each
+KNOWN_LOADING_NOTICES = {
+    # transformers 5 without torchvision, when diffusers looks image-processor classes up by name while loading: the
+    # PIL class it falls back to is the one the pipeline uses anyway
+    "transformers.utils.import_utils": "requires torchvision (not installed); falling back to",
+    # diffusers' ModelMixin.to under from_pipe's dtype cast, about an empty list of modules to keep in float32
+    "diffusers.models.modeling_utils": "that should be kept in float32: []",
+}
+
+
+class DropNotice(std_logging.Filter):
+    """Drops the records whose message contains ``text``; every other record passes."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """While a pipeline is built: the known notices (``KNOWN_LOADING_NOTICES``) dropped and diffusers' and
+    transformers' loading progress bars off; afterwards both as they were, so the user's own settings and every other
+    message are untouched. Progress bars are a process-wide switch in both libraries: another thread loading at the
+    same moment loses its bar too."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    filters = [(std_logging.getLogger(name), DropNotice(text)) for name, text in KNOWN_LOADING_NOTICES.items()]
+    for logger_, notice in filters:
+        logger_.addFilter(notice)
+    bars = [(library, library.is_progress_bar_enabled()) for library in (diffusers_logging, transformers_logging)]
+    for library, _ in bars:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for logger_, notice in filters:
+            logger_.removeFilter(notice)
+        for library, enabled in bars:
+            if enabled:
+                library.enable_progress_bar()
 
 
 def with_model_defaults(renamed: dict | None = None):
@@ -71,7 +138,7 @@ def with_model_defaults(renamed: dict | None = None):
 
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
-            defaults = getattr(self, "_removal_defaults", None)
+            defaults = self.removal_defaults
             filled = []
             if defaults:
                 passed = signature.bind_partial(self, *args, **kwargs).arguments
@@ -105,23 +172,41 @@ class MagicRemoverLoadingMixin:
 
     @classmethod
     def call_arguments(cls) -> frozenset:
-        """The arguments a removal call takes: the keys a model's settings may name."""
+        """The arguments a removal call takes."""
         return cls._call_argument_names
+
+    @classmethod
+    def settable_arguments(cls) -> frozenset:
+        """The call arguments a model's settings may name: all but its inputs and output form."""
+        return cls.call_arguments() - PER_CALL_ARGUMENTS
+
+    def register_removal_defaults(self, settings: dict | None) -> None:
+        """Checks ``settings`` (``None``: not set; the loaded folder's, if any, else the paper's) and keeps them in the
+        pipeline's configuration, where ``save_pretrained`` writes them to ``model_index.json``."""
+        if settings is not None:
+            settings = check_settings(settings, self.settable_arguments(), "`removal_defaults`")
+        self.register_to_config(removal_defaults=settings)
 
     @property
     def removal_defaults(self) -> dict:
-        """The call settings used for every argument a call leaves out: those the model folder ships in
-        ``magic_remover_defaults.json`` (read by ``from_pretrained``; the embedded model's were tuned by
-        ``benchmarks/tune_embedded.py``), else ``{}`` (the paper's defaults, as for Stable Diffusion checkpoints).
-        An explicit argument always wins. Assign a dict to change them, ``{}`` to use the paper's."""
-        return dict(getattr(self, "_removal_defaults", {}) or {})
+        """The call settings used for every argument a call (or ``invert``) leaves out: the configuration's
+        ``removal_defaults`` (``model_index.json``; the embedded model's were tuned by ``benchmarks/tune_embedded.py``).
+        Unset, as after ``from_pipe`` of a ``StableDiffusionPipeline``: those of the local folder the components were
+        loaded from, else ``{}`` (the paper's defaults, as for Stable Diffusion checkpoints). An explicit argument
+        always wins. Assign a dict to change them, ``{}`` to use the paper's."""
+        settings = self.config.get("removal_defaults")
+        if settings is None:
+            folder = self.config.get("_name_or_path")
+            settings = read_settings(folder, self.settable_arguments()) if folder and os.path.isdir(folder) else None
+            # kept, so a side file's notice comes once and save_pretrained writes what the calls used
+            self.register_to_config(removal_defaults={} if settings is None else settings)
+        return dict(settings or {})
 
     @removal_defaults.setter
     def removal_defaults(self, settings: dict) -> None:
-        if not isinstance(settings, dict):
-            raise TypeError(f"`removal_defaults` must be a dict of `__call__` arguments, got {type(settings).__name__}.")
-        check_settings(settings, self.call_arguments(), "`removal_defaults`")
-        self._removal_defaults = dict(settings)
+        if settings is None:
+            raise TypeError("`removal_defaults` must be a dict of `__call__` arguments; assign {} for the paper's.")
+        self.register_removal_defaults(settings)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -130,14 +215,16 @@ class MagicRemoverLoadingMixin:
         A folder written by :meth:`save_pretrained` carries ``pipeline.py``. When that code is byte-identical to this
         installation's, the folder loads as this class (see :meth:`load_config`) and none of its code is imported;
         any other code, and any custom component module, still needs the user's explicit ``trust_remote_code=True``,
-        as diffusers requires: trust is never widened.
+        as diffusers requires: trust is never widened. ``removal_defaults=`` replaces the folder's settings. Loads
+        quietly (:func:`quiet_loading`).
         """
-        folder = Path(os.fspath(pretrained_model_name_or_path))
-        pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        with quiet_loading():
+            pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipeline, cls) and type(pipeline).__name__ == cls.__name__:
-            pipeline = cls(**pipeline.components)
-        if folder.is_dir():  # the model's tuned settings, used for every argument a call leaves out
-            pipeline._removal_defaults = read_settings(folder, cls.call_arguments())
+            pipeline = cls(**pipeline.components, **{k: pipeline.config[k] for k in ("requires_safety_checker",
+                                                                                    "removal_defaults")})  # fmt: skip
+            pipeline.register_to_config(_name_or_path=pretrained_model_name_or_path)
+        pipeline.removal_defaults  # read now: a folder's notice belongs to its loading, not to the first call
         return pipeline
 
     @classmethod
@@ -160,7 +247,9 @@ class MagicRemoverLoadingMixin:
         diffusers' ``from_pipe`` ends with ``new_pipeline.to(dtype=dtype or torch.float32)`` on the components it
         shares, casting the *source* pipeline in place (a float16 pipeline becomes float32). Without ``dtype`` (or
         ``torch_dtype``) this override keeps every shared component's own dtype; asking for a dtype still casts the
-        shared components, as in diffusers.
+        shared components, as in diffusers. The settings come along as diffusers carries configuration between
+        pipelines (a ``StableDiffusionPipeline`` made from this one keeps them as ``_removal_defaults``); a source
+        without any gets those of the folder it was loaded from (see :attr:`removal_defaults`).
         """
         if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
             kwargs.pop("dtype", None)
@@ -171,26 +260,30 @@ class MagicRemoverLoadingMixin:
             from diffusers.pipelines import pipeline_utils
 
             kwargs["dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"] = main
-            new_pipeline = super().from_pipe(pipeline, **kwargs)
+            with quiet_loading():
+                new_pipeline = super().from_pipe(pipeline, **kwargs)
             for name, dtype in dtypes.items():
                 if dtype != main:  # a component the single-dtype cast changed: put it back
                     modules[name].to(dtype=dtype)
-            return new_pipeline
-        return super().from_pipe(pipeline, **kwargs)
+        else:
+            with quiet_loading():
+                new_pipeline = super().from_pipe(pipeline, **kwargs)
+        new_pipeline.removal_defaults  # read now, as from_pretrained does
+        return new_pipeline
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
         """Saves the components as ``StableDiffusionPipeline`` does, plus this pipeline's code.
 
         The folder gets ``pipeline.py`` and its sibling modules, and ``model_index.json`` names
         ``["pipeline", "MagicRemoverPipeline"]``, so ``DiffusionPipeline.from_pretrained(folder,
-        trust_remote_code=True)`` comes back as this pipeline without the package installed. With ``push_to_hub``,
+        trust_remote_code=True)`` comes back as this pipeline without the package installed; the tuned settings are
+        ``removal_defaults`` in ``model_index.json``. With ``push_to_hub``,
         the code is uploaded together with the weights.
         """
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "private", "token", "commit_message") if key in kwargs}
+        self.removal_defaults  # settings found in the loaded folder become the configuration's, and are saved with it
         super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
         write_code(save_directory, type(self).__name__, inspect.getfile(type(self)))
-        if self.removal_defaults:  # the tuned settings travel with the weights
-            (Path(save_directory) / DEFAULTS_FILE).write_text(json.dumps(self.removal_defaults, indent=2) + "\n")
         if push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 

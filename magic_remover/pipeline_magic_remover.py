@@ -97,7 +97,7 @@ EXAMPLE_DOC_STRING = """
         >>> from magic_remover import MagicRemoverPipeline
 
         >>> pipe = MagicRemoverPipeline.from_pretrained(
-        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16, safety_checker=None
+        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", dtype=torch.float16, safety_checker=None
         ... ).to("cuda")
         >>> image = load_image("dog_on_grass.png")
         >>> out = pipe(image=image, prompt="a photo of a dog on the grass", target="dog")
@@ -150,6 +150,7 @@ class MagicRemoverPipeline(
         safety_checker=None,
         feature_extractor: CLIPImageProcessor = None,
         requires_safety_checker: bool = True,
+        removal_defaults: dict | None = None,
     ):
         super().__init__()
         if safety_checker is not None and feature_extractor is None:
@@ -169,6 +170,7 @@ class MagicRemoverPipeline(
             vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_convert_grayscale=True
         )
         self.register_to_config(requires_safety_checker=requires_safety_checker)
+        self.register_removal_defaults(removal_defaults)
 
     # ------------------------------------------------------------------------------------------------------------
     # Building blocks
@@ -496,10 +498,11 @@ class MagicRemoverPipeline(
             raise ValueError(f"`inversion_method` must be one of {INVERSION_METHODS}, got {inversion_method!r}.")
         self._warn_about_options_without_effect(options, mask_image is not None)
         if options.keep_input_outside_attention_mask and mask_image is None:
-            if image is None:
-                raise ValueError(
-                    "`keep_input_outside_attention_mask` takes the input's pixels outside the automatic mask: pass "
-                    "`image` along with `inversion`."
+            if image is None:  # README's reuse, `pipe(inversion=inv, ...)`, on a model that ships the option on
+                logger.warning(
+                    "`keep_input_outside_attention_mask` without `image`: outside the automatic mask the result keeps "
+                    "the autoencoder's reconstruction of the inverted image; pass `image` along with `inversion` to "
+                    "keep its own pixels."
                 )
             if output_type == "latent":
                 raise ValueError(
@@ -827,9 +830,9 @@ class MagicRemoverPipeline(
 
 
 def read_removal_defaults(folder) -> dict:
-    """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one); see
-    :func:`~model_loading.read_settings`."""
-    return read_settings(folder, MagicRemoverPipeline.call_arguments())
+    """The tuned call settings a local model folder ships (``removal_defaults`` in its ``model_index.json``; ``{}``
+    without any); see :func:`~model_loading.read_settings`."""
+    return read_settings(folder, MagicRemoverPipeline.settable_arguments()) or {}
 
 
 #: The sibling modules this file imports, directly or through each other: what travels with it as ``pipeline.py``

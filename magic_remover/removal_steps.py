@@ -161,6 +161,14 @@ class RemovalStepsMixin:
         if not branches.diverged and not torch.equal(branches.latents, branches.reconstruction):
             branches.diverged = True
 
+    def _input_pixels(self, image, inversion) -> torch.Tensor:
+        """The input at its own size in [-1, 1]; given only an ``inversion``, the autoencoder's reconstruction of the
+        image it was made from (``inversion.latents[0]``), the closest to it the inversion holds."""
+        if image is not None:
+            return self._prepare_image(image, tuple(inversion.image_size))
+        reconstruction = self.decode_latents_to_pixels(inversion.latents[0]).clamp(-1, 1)
+        return self._to_image_size(reconstruction, tuple(inversion.image_size))
+
     def _removal_output(self, branches: RemovalBranches, ctx, inversion, image, pixel_mask, output_type, return_dict):
         """Decoded results at the input's size, the input's own pixels outside the user's mask or (with
         ``keep_input_outside_attention_mask``) the automatic region, and the target's map at image resolution."""
@@ -178,7 +186,7 @@ class RemovalStepsMixin:
                 region = ctx.automatic_region(latent_map).unsqueeze(1)
                 region = F.interpolate(region, size=image_size, mode="bilinear", align_corners=False)
             if region is not None:
-                images = blend(region, images, self._prepare_image(image, image_size).to(images.device))
+                images = blend(region, images, self._input_pixels(image, inversion).to(images.device))
             images, nsfw = self.run_safety_checker(images, self._execution_device, ctx.prompt_embeds.dtype)
             images = self.image_processor.postprocess(images, output_type=output_type)
             reconstructions = self.image_processor.postprocess(reconstructions, output_type=output_type)

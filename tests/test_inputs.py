@@ -85,9 +85,20 @@ def test_inversion_of_another_image_is_refused(pipe, inversion):
         pipe(image=make_test_image((48, 48)), inversion=inversion, **GOOD)
 
 
-def test_keeping_the_input_needs_the_input(pipe, inversion):
-    with pytest.raises(ValueError, match="pass `image` along with `inversion`"):
-        pipe(inversion=inversion, keep_input_outside_attention_mask=True, **GOOD)
+def test_keeping_the_input_without_the_input_keeps_its_reconstruction_with_a_notice(pipe, inversion, caplog):
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            out = pipe(inversion=inversion, keep_input_outside_attention_mask=True, output_type="pt", **GOOD)
+    finally:
+        diffusers_logging.disable_propagation()
+    assert any("pass `image` along with `inversion`" in r.getMessage() for r in caplog.records)
+    with_image = pipe(image=make_test_image(), inversion=inversion, keep_input_outside_attention_mask=True,
+                      output_type="pt", **GOOD)  # fmt: skip
+    assert out.images.shape == with_image.images.shape
+    assert not torch.equal(out.images, with_image.images)  # the input's own pixels are not what the fallback keeps
 
 
 def test_invert_checks_its_inputs(pipe, image):

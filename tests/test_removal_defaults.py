@@ -1,4 +1,4 @@
-"""One place for a model's tuned settings: ``magic_remover_defaults.json`` read by ``from_pretrained``."""
+"""One place for a model's tuned settings: ``removal_defaults`` in ``model_index.json``, the pipeline's configuration."""
 
 import json
 
@@ -35,8 +35,9 @@ def test_folder_settings_fill_what_the_call_leaves_out(sd_folder, tmp_path, monk
 
     folder = tmp_path / "tuned"
     shutil.copytree(sd_folder, folder)
-    (folder / "magic_remover_defaults.json").write_text(json.dumps({"num_inference_steps": 7,
-                                                                    "attention_guidance_scale": 0.25}))  # fmt: skip
+    index = json.loads((folder / "model_index.json").read_text())
+    index["removal_defaults"] = {"num_inference_steps": 7, "attention_guidance_scale": 0.25}
+    (folder / "model_index.json").write_text(json.dumps(index))
     pipe = MagicRemoverPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     assert pipe.removal_defaults == {"num_inference_steps": 7, "attention_guidance_scale": 0.25}
     seen = _record_calls(pipe, monkeypatch)
@@ -52,13 +53,43 @@ def test_folder_settings_fill_what_the_call_leaves_out(sd_folder, tmp_path, monk
 
 
 def test_unknown_setting_is_named(tmp_path):
-    (tmp_path / "magic_remover_defaults.json").write_text(json.dumps({"attention_guidance_scal": 0.1}))
+    (tmp_path / "model_index.json").write_text(json.dumps({"removal_defaults": {"attention_guidance_scal": 0.1}}))
     with pytest.raises(ValueError, match="attention_guidance_scal"):
         read_removal_defaults(tmp_path)
 
 
+@pytest.mark.parametrize("key", ["output_type", "return_dict", "image", "generator"])
+def test_a_setting_that_cannot_be_a_default_is_refused_at_load_naming_it(sd_folder, key):
+    with pytest.raises(ValueError, match=key):
+        MagicRemoverPipeline.from_pretrained(sd_folder, safety_checker=None, removal_defaults={key: None})
+
+
+def test_a_folder_with_the_old_side_file_still_loads_with_a_one_line_notice(sd_folder, tmp_path, caplog):
+    import shutil
+
+    from diffusers.utils import logging as diffusers_logging
+
+    folder = tmp_path / "old"
+    shutil.copytree(sd_folder, folder)
+    (folder / "magic_remover_defaults.json").write_text(json.dumps({"num_inference_steps": 7}))
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            pipe = MagicRemoverPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    finally:
+        diffusers_logging.disable_propagation()
+    assert pipe.removal_defaults == {"num_inference_steps": 7}
+    notices = [r.getMessage() for r in caplog.records if "magic_remover_defaults.json" in r.getMessage()]
+    assert len(notices) == 1 and "\n" not in notices[0]
+    pipe.save_pretrained(tmp_path / "resaved")  # written the new way
+    assert json.loads((tmp_path / "resaved" / "model_index.json").read_text())["removal_defaults"] == {"num_inference_steps": 7}
+    assert not (tmp_path / "resaved" / "magic_remover_defaults.json").exists()
+
+
 def test_embedded_model_calls_use_its_tuned_settings():
-    shipped = json.loads((__import__("pathlib").Path(EMBEDDED_MODEL) / "magic_remover_defaults.json").read_text())
+    index = json.loads((__import__("pathlib").Path(EMBEDDED_MODEL) / "model_index.json").read_text())
+    shipped = index["removal_defaults"]
+    assert shipped["num_inference_steps"] == 20
     pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)
     assert pipe.removal_defaults == shipped
     pipe.removal_defaults = {}

@@ -65,7 +65,7 @@ MAX_TOKENS = 32
 MAX_OBJECTS = 3  # make_scene draws at most three objects
 GROUNDING_RES = IMAGE_SIZE // 4  # latent resolution; masks are pooled further per attention level
 GROUNDING_MAX_T = 800  # above this the layout is not yet decided by the noisy input (paper's guidance range top)
-KEPT_ON_EXPORT = ("magic_remover_defaults.json",)
+KEPT_ON_EXPORT = ("magic_remover_defaults.json",)  # a folder written before the settings moved to model_index.json
 AE_EVAL_SEEDS = list(range(99_000, 99_128))  # held-out: evaluation only
 
 # stage-specific seed ranges (all >= TRAIN_SEED_OFFSET, never in the held-out range)
@@ -429,7 +429,19 @@ def export_pipeline(out_dir, vae, text_encoder, unet, tok_dir, state, args, fina
             f,
             indent=1,
         )
-    # hand-written files (the removal defaults chosen by benchmarks/tune_embedded.py) survive a re-export
+    # the removal defaults chosen by benchmarks/tune_embedded.py (model_index.json's `removal_defaults`, written by
+    # hand) and hand-written files survive a re-export
+    old_index = os.path.join(out_dir, "model_index.json")
+    if os.path.exists(old_index):
+        with open(old_index) as f:
+            tuned = json.load(f).get("removal_defaults")
+        if tuned is not None:
+            with open(os.path.join(tmp, "model_index.json")) as f:
+                index = json.load(f)
+            index["removal_defaults"] = tuned
+            with open(os.path.join(tmp, "model_index.json"), "w") as f:
+                json.dump(index, f, indent=2, sort_keys=True)
+                f.write("\n")
     for name in KEPT_ON_EXPORT:
         if os.path.exists(os.path.join(out_dir, name)):
             shutil.copy(os.path.join(out_dir, name), os.path.join(tmp, name))
