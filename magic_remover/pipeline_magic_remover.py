@@ -160,12 +160,16 @@ class MagicRemoverPipeline(
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
         )
+        self._set_image_processors()
+        self.register_to_config(requires_safety_checker=requires_safety_checker)
+
+    def _set_image_processors(self) -> None:
+        """The autoencoder's scale factor and the processors for images and masks, from the registered ``vae``."""
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.mask_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_convert_grayscale=True
         )
-        self.register_to_config(requires_safety_checker=requires_safety_checker)
 
     # ------------------------------------------------------------------------------------------------------------
     # Building blocks
