@@ -22,7 +22,22 @@ from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .model_loading import read_settings
+from .pipeline_code import relative_imports, write_code
 from .pipeline_magic_remover import MagicRemoverPipeline as StableDiffusionRemover
+
+# diffusers' `custom_pipeline=<file>` copies only the sibling modules a pipeline file imports itself, not theirs in
+# turn (its Hub route follows them): the base's modules are imported here as well, so that they all travel along.
+from .attention_maps import normalize_map  # noqa: E402,F401
+from .attention_processors import installed_processors  # noqa: E402,F401
+from .content_initialization import telea_prefill  # noqa: E402,F401
+from .images import trained_size  # noqa: E402,F401
+from .inputs import check_prompt  # noqa: E402,F401
+from .inversion import MagicRemoverInversion  # noqa: E402,F401
+from .latent_images import vae_latents  # noqa: E402,F401
+from .removal import RemovalOptions  # noqa: E402,F401
+from .removal_steps import MagicRemoverPipelineOutput  # noqa: E402,F401
+from .tokens import find_target_tokens  # noqa: E402,F401
 
 #: SDXL's size ids: original size (h, w), crop's top left (y, x), target size (h, w)
 TIME_ID_COUNT = 6
@@ -187,6 +202,21 @@ class MagicRemoverXLPipeline(StableDiffusionRemover):
     def run_safety_checker(self, image, device, dtype):
         """SDXL has no safety checker (diffusers' SDXL pipelines have none either)."""
         return image, None
+
+
+def read_removal_defaults(folder) -> dict:
+    """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one)."""
+    return read_settings(folder, MagicRemoverXLPipeline.call_arguments())
+
+
+#: The sibling modules this file imports, directly or through each other: what travels with it as ``pipeline.py``
+SIBLING_MODULES = tuple(relative_imports(__file__))
+
+
+def write_pipeline_code(folder, class_name: str = "MagicRemoverXLPipeline") -> None:
+    """Copies this file as ``pipeline.py`` with its sibling modules into ``folder``: the Hub layout of an SDXL model
+    repo that carries this pipeline (see :func:`~pipeline_code.write_code`)."""
+    write_code(folder, class_name, __file__)
 
 
 # The base is in this module's namespace only while the class above is defined: diffusers' `custom_pipeline=` loader

@@ -7,11 +7,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from tests.tiny_components import MAX_LENGTH, build_word_tokenizer
+from tests.tiny_components import MAX_LENGTH, build_word_tokenizer, make_test_image
 
 TEXT_WIDTH = 16  # each text encoder's hidden width: the UNet's cross-attention width is twice this
 PROJECTION_WIDTH = 16
@@ -59,6 +60,9 @@ def tiny_xl_components(seed: int = 0, transformer_depths=(1, 2, 10), force_zeros
         sample_size=16,
         force_upcast=True,
     ).eval()
+    with torch.no_grad():  # as for SDXL's VAE, the scaling factor gives the latents about unit variance
+        pixels = torch.from_numpy(np.asarray(make_test_image(), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+        vae.register_to_config(scaling_factor=1.0 / vae.encode(pixels[None]).latent_dist.mode().std().item())
     # SDXL ships an Euler scheduler; the method reads only its config (a DDIM schedule of its betas)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
