@@ -346,6 +346,21 @@ def sdxl_section(args, device="cpu", size=None, dtype=torch.float32) -> dict:
     return {"title": title, "rows": rows}
 
 
+#: The prepared GPU rows: what each measures, its section function, its image size, and the command that runs it
+GPU_SECTIONS = {
+    "gpu": ("SD-1.5 architecture at 512x512", sd15_section, 512, "python benchmarks/speed.py --only gpu"),
+    "sdxl_gpu": ("SDXL architecture at 1024x1024", sdxl_section, 1024,
+                 "python benchmarks/speed.py --only sdxl_gpu --xl-steps 30"),
+}  # fmt: skip
+
+
+def gpu_section(name: str, args) -> dict:
+    what, section, size, _ = GPU_SECTIONS[name]
+    if not torch.cuda.is_available():
+        return {"title": f"{what}, float16 on a GPU: not measured: no GPU", "rows": []}
+    return section(args, device="cuda", size=size, dtype=torch.float16)
+
+
 def memory_section(args) -> dict:
     """Resident memory over 50 removals with the embedded model's settings (its default inversion)."""
     import psutil
@@ -436,18 +451,10 @@ def main(argv=None):
             section = embedded_section(args, 128)
         elif name == "sd15":
             section = sd15_section(args)
-        elif name == "gpu":
-            if not torch.cuda.is_available():
-                section = {"title": "SD-1.5 architecture at 512x512, float16 on a GPU: not measured: no GPU", "rows": []}
-            else:
-                section = sd15_section(args, device="cuda", size=512, dtype=torch.float16)
+        elif name in GPU_SECTIONS:
+            section = gpu_section(name, args)
         elif name == "sdxl":
             section = sdxl_section(args)
-        elif name == "sdxl_gpu":
-            if not torch.cuda.is_available():
-                section = {"title": "SDXL architecture at 1024x1024, float16 on a GPU: not measured: no GPU", "rows": []}
-            else:
-                section = sdxl_section(args, device="cuda", size=1024, dtype=torch.float16)
         else:
             section = memory_section(args)
         if section is None:
@@ -466,14 +473,10 @@ def main(argv=None):
         written = True
     if not written:  # a shard that left its sections to another: the report keeps the commands that made it
         return
-    if "gpu" not in sections:  # the command beside it is the one that would measure it
-        sections["gpu"] = {"title": "SD-1.5 architecture at 512x512, float16 on a GPU: not measured: no GPU (the "
-                                    "device tool lends none to this issue)", "rows": [],
-                           "command": "python benchmarks/speed.py --only gpu"}  # fmt: skip
-    if "sdxl_gpu" not in sections:
-        sections["sdxl_gpu"] = {"title": "SDXL architecture at 1024x1024, float16 on a GPU: not measured: no GPU (the "
-                                         "device tool lends none to this issue)", "rows": [],
-                                "command": "python benchmarks/speed.py --only sdxl_gpu --xl-steps 30"}  # fmt: skip
+    for name, (what, _, _, run_it) in GPU_SECTIONS.items():  # the command beside it is the one that would measure it
+        if name not in sections:
+            sections[name] = {"title": f"{what}, float16 on a GPU: not measured: no GPU (the device tool lends none to "
+                                       "this issue)", "rows": [], "command": run_it}  # fmt: skip
     write_result("speed.md", make_report(sections, command), args.results)
 
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from tests.tiny_components import MAX_LENGTH, build_word_tokenizer, make_test_image
+from tests.tiny_components import MAX_LENGTH, build_word_tokenizer, tiny_components
 
 TEXT_WIDTH = 16  # each text encoder's hidden width: the UNet's cross-attention width is twice this
 PROJECTION_WIDTH = 16
@@ -49,20 +48,9 @@ def tiny_xl_components(seed: int = 0, transformer_depths=(1, 2, 10), force_zeros
         cross_attention_dim=2 * TEXT_WIDTH,
         norm_num_groups=4,
     ).eval()
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-        force_upcast=True,
-    ).eval()
-    with torch.no_grad():  # as for SDXL's VAE, the scaling factor gives the latents about unit variance
-        pixels = torch.from_numpy(np.asarray(make_test_image(), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
-        vae.register_to_config(scaling_factor=1.0 / vae.encode(pixels[None]).latent_dist.mode().std().item())
+    # SD's tiny autoencoder (its scaling factor gives unit-variance latents); SDXL's config asks for the fp16 upcast
+    vae = tiny_components(seed=seed)["vae"]
+    vae.register_to_config(force_upcast=True)
     # SDXL ships an Euler scheduler; the method reads only its config (a DDIM schedule of its betas)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
