@@ -204,6 +204,12 @@ class MagicRemoverXLPipeline(StableDiffusionRemover):
         return image, None
 
 
+def is_sdxl_model_index(model_index: dict) -> bool:
+    """Whether a model folder's ``model_index.json`` (as a dict) describes an SDXL checkpoint this pipeline loads: one
+    with SDXL's second text encoder and tokenizer (the refiner, which lacks the first encoder, is not one)."""
+    return all(model_index.get(name, [None])[-1] for name in ("text_encoder", "text_encoder_2", "tokenizer_2"))
+
+
 def read_removal_defaults(folder) -> dict:
     """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one)."""
     return read_settings(folder, MagicRemoverXLPipeline.call_arguments())

@@ -357,3 +357,15 @@ def test_hub_layout_written_for_the_xl_class(tmp_path):
     write_pipeline_code(tmp_path)
     assert (tmp_path / "pipeline.py").read_text() == Path(magic_remover.XL_PIPELINE_FILE).read_text()
     assert {p.name for p in tmp_path.iterdir()} == {"pipeline.py", *SIBLING_MODULES}
+
+
+def test_sdxl_model_index_is_recognised(pipe, tmp_path):
+    from magic_remover.pipeline_magic_remover_xl import is_sdxl_model_index
+
+    StableDiffusionXLPipeline(**pipe.components).save_pretrained(tmp_path / "sdxl")
+    assert is_sdxl_model_index(json.loads((tmp_path / "sdxl" / "model_index.json").read_text()))
+    sd_index = {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
+    assert not is_sdxl_model_index(sd_index)
+    refiner = {"text_encoder": [None, None], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+               "tokenizer_2": ["transformers", "CLIPTokenizer"]}  # fmt: skip
+    assert not is_sdxl_model_index(refiner)
