@@ -150,7 +150,7 @@ class MagicRemoverXLPipeline(StableDiffusionRemover):
         if self.config.force_zeros_for_empty_prompt:  # as SDXL: the empty prompt's hidden states and pooled are zeros
             null = torch.zeros_like(null)
         time_ids = self.size_ids(image_size, processing_size)
-        return with_time_ids(prompt_embeds, time_ids, self.pooled_width), with_time_ids(null, time_ids, self.pooled_width)
+        return tuple(with_time_ids(embeds, time_ids, self.pooled_width) for embeds in (prompt_embeds, null))
 
     def _unet_conditioning(self, embeds: torch.Tensor) -> dict:
         """Unpacks the hidden states, the pooled embedding and the size ids for the UNet. Null-text optimisation
@@ -167,8 +167,8 @@ class MagicRemoverXLPipeline(StableDiffusionRemover):
         rows = int(self.tokenizer.model_max_length) + 1
         if isinstance(prompt_embeds, torch.Tensor) and prompt_embeds.ndim == 3 and prompt_embeds.shape[1] != rows:
             raise ValueError(
-                f"`prompt_embeds` must be this pipeline's packed form [batch, {rows}, width] (from `pipe.encode_prompt` "
-                f"or an inversion's `prompt_embeds`), got shape {tuple(prompt_embeds.shape)}."
+                f"`prompt_embeds` must be this pipeline's packed form [batch, {rows}, width] (from "
+                f"`pipe.encode_prompt` or an inversion's `prompt_embeds`), got shape {tuple(prompt_embeds.shape)}."
             )
         super()._check_text_inputs(prompt, prompt_embeds, clip_skip, cross_attention_kwargs, num_images_per_prompt,
                                    inversion)  # fmt: skip
