@@ -3,6 +3,7 @@
     python benchmarks/speed.py                      # every section (embedded 64 and 128 px, SD-1.5 UNet, memory)
     python benchmarks/speed.py --only embedded64    # one section; results of earlier sections are kept
     python benchmarks/speed.py --only sd15 --sd-steps 3
+    python benchmarks/speed.py --only sdxl --xl-size 128 --xl-steps 3   # SDXL architecture, random weights
 
 Rows per inversion method (null-text = the paper's configuration, negative-prompt, direct, ddim). Repetitions are
 interleaved (every method on one scene, then the next scene) so that machine noise hits every method alike. Writes
@@ -35,7 +36,7 @@ from benchmarks.removal import select_scenes, target_phrase, write_result  # noq
 
 METHODS = ["null-text", "negative-prompt", "direct", "ddim"]
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ["embedded64", "embedded128", "sd15", "gpu", "memory"]
+SECTIONS = ["embedded64", "embedded128", "sd15", "gpu", "sdxl", "sdxl_gpu", "memory"]
 
 
 def minimum_rows(method: str, steps: int, guided: list[bool], optimized: list[bool], optimization_steps: int,
@@ -64,15 +65,16 @@ def removal_call_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k != "guidance_scale"}
 
 
-def run_methods(pipe, images, captions, phrases, steps, settings, success_of=None, reconstruction_scenes=0):
+def run_methods(pipe, images, captions, phrases, steps, settings, success_of=None, reconstruction_scenes=0,
+                methods=METHODS):
     """Every method on each image in turn; returns per-method lists of measurements."""
     from magic_remover.inversion import timesteps_in_range
 
     guidance = settings.get("guidance_scale", 7.5)
     call = removal_call_settings(settings)
-    records = {m: [] for m in METHODS}
+    records = {m: [] for m in methods}
     for n, (image, caption, phrase) in enumerate(zip(images, captions, phrases)):
-        for method in METHODS:
+        for method in methods:
             with measured(pipe) as inv_cost:
                 inversion = pipe.invert(image, caption, num_inference_steps=steps, guidance_scale=guidance,
                                         method=method)  # fmt: skip
@@ -102,7 +104,7 @@ def run_methods(pipe, images, captions, phrases, steps, settings, success_of=Non
             records[method].append(record)
         print(f"[{n + 1}/{len(images)}] " + ", ".join(
             f"{m} {records[m][-1]['inversion_s'] + records[m][-1]['loop_s']:.1f}s"
-            + ("" if success_of is None else (" ok" if records[m][-1]["success"] else " --")) for m in METHODS
+            + ("" if success_of is None else (" ok" if records[m][-1]["success"] else " --")) for m in methods
         ), flush=True)  # fmt: skip
     return records
 
@@ -123,15 +125,15 @@ def reconstruction_psnr(pipe, image, inversion, phrase, steps, guidance, call, m
 def summarise(records: dict) -> list[dict]:
     rows = []
     reference = None
-    for method in METHODS:
+    for method in records:
         items = records[method]
         def mean(key):  # over the images that carry the measurement (reconstruction PSNR: the first few)
             values = [r[key] for r in items if key in r]
             return float(np.mean(values)) if values else None
 
         total = mean("inversion_s") + mean("loop_s")
-        if method == "null-text":
-            reference = total
+        if method == "null-text" or reference is None:
+            reference = total  # null-text's, else the first method's
         rows.append({
             "method": method, "n": len(items), "forward": mean("forward"), "min_forward": mean("min_forward"),
             "backward": mean("backward"), "min_backward": mean("min_backward"), "inversion_s": mean("inversion_s"),
@@ -271,6 +273,94 @@ def sd15_section(args, device="cpu", size=256, dtype=torch.float32) -> dict:
     return {"title": title, "rows": rows}
 
 
+def sdxl_components(tokenizer_folder: Path):
+    """Stable Diffusion XL base's UNet, VAE and two text encoders at their published configurations, random weights."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_embed_type_num_heads=64,
+        addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=1024,
+        block_out_channels=(128, 256, 512, 512), scaling_factor=0.13025, force_upcast=True,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )  # fmt: skip
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder)
+    tokenizer.model_max_length = 77  # SDXL's sequence length (the cost of cross-attention depends on it)
+    tokens = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                num_attention_heads=12, hidden_act="quick_gelu", **tokens))  # fmt: skip
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, projection_dim=1280,
+        hidden_act="gelu", **tokens,
+    ))  # fmt: skip
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")  # fmt: skip
+    return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
+                text_encoder_2=text_encoder_2.eval(), tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler)
+
+
+def img2img_seconds(pipe, image, caption, steps, img2img_class) -> float:
+    """Seconds of diffusers' own img2img on ``pipe``'s components at the same size and step count (strength 1: every
+    step runs), the floor a removal is compared with: one branch, no inversion, no backward pass."""
+    baseline = img2img_class.from_pipe(pipe)
+    baseline.set_progress_bar_config(disable=True)
+    with measured(baseline) as cost:
+        baseline(prompt=caption, image=image, strength=1.0, num_inference_steps=steps, guidance_scale=7.5,
+                 output_type="pil")  # fmt: skip
+    return cost["seconds"]
+
+
+def sdxl_section(args, device="cpu", size=None, dtype=torch.float32) -> dict:
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from magic_remover import EMBEDDED_MODEL, MagicRemoverXLPipeline
+    from magic_remover.scenes import make_scene
+
+    size = size or args.xl_size
+    pipe = MagicRemoverXLPipeline(**sdxl_components(Path(EMBEDDED_MODEL) / "tokenizer")).to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    scene = make_scene(args.first_seed, size=64, num_objects=2, kind="opaque")
+    image = scene.image.resize((size, size))
+    methods = args.xl_methods.split(",")
+    records = run_methods(pipe, [image], [scene.caption], [scene.objects[0].shape], args.xl_steps,
+                          {"guidance_scale": 7.5}, methods=methods)  # fmt: skip
+    baseline = img2img_seconds(pipe, image, scene.caption, args.xl_steps, StableDiffusionXLImg2ImgPipeline)
+    rows = summarise(records)
+    for row in rows:
+        row["seconds_per_step"] = row["total_s"] / args.xl_steps
+    title = (f"SDXL-base-architecture UNet + VAE + two text encoders (random weights) at {size}x{size}, "
+             f"{str(dtype)[6:]} on {device}, {args.xl_steps} steps, the paper's settings; seconds per step = total / "
+             "steps: " + ", ".join(f"{r['method']} {r['seconds_per_step']:.1f} s" for r in rows)
+             + f"; diffusers' StableDiffusionXLImg2ImgPipeline on the same components, size and steps (strength 1): "
+             f"{baseline:.1f} s, removal total against it: "
+             + ", ".join(f"{r['method']} {r['total_s'] / baseline:.1f}x" for r in rows))  # fmt: skip
+    return {"title": title, "rows": rows}
+
+
+#: The prepared GPU rows: what each measures, its section function, its image size, and the command that runs it
+GPU_SECTIONS = {
+    "gpu": ("SD-1.5 architecture at 512x512", sd15_section, 512, "python benchmarks/speed.py --only gpu"),
+    "sdxl_gpu": ("SDXL architecture at 1024x1024", sdxl_section, 1024,
+                 "python benchmarks/speed.py --only sdxl_gpu --xl-steps 30"),
+}  # fmt: skip
+
+
+def gpu_section(name: str, args) -> dict:
+    what, section, size, _ = GPU_SECTIONS[name]
+    if not torch.cuda.is_available():
+        return {"title": f"{what}, float16 on a GPU: not measured: no GPU", "rows": []}
+    return section(args, device="cuda", size=size, dtype=torch.float16)
+
+
 def memory_section(args) -> dict:
     """Resident memory over 50 removals with the embedded model's settings (its default inversion)."""
     import psutil
@@ -337,6 +427,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the embedded model's)")
     parser.add_argument("--sd-steps", type=int, default=3, help="DDIM steps for the SD-1.5 section (default 3)")
     parser.add_argument("--sd-repeats", type=int, default=1, help="repetitions in the SD-1.5 section")
+    parser.add_argument("--xl-size", type=int, default=128, help="image size of the SDXL section (default 128)")
+    parser.add_argument("--xl-steps", type=int, default=3, help="DDIM steps for the SDXL section (default 3)")
+    parser.add_argument("--xl-methods", default=",".join(METHODS), help="comma-separated inversion methods (SDXL)")
     parser.add_argument("--first-seed", type=int, default=20000, help="first held-out seed (removal benchmark's)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--partial", action="store_true",
@@ -350,7 +443,7 @@ def main(argv=None):
     store = Path(args.results) / "speed_sections.json"
     sections = json.loads(store.read_text()) if store.is_file() else {}
     written = False
-    for name in args.only or [s for s in SECTIONS if s != "gpu"]:
+    for name in args.only or [s for s in SECTIONS if s not in ("gpu", "sdxl_gpu")]:
         started = time.perf_counter()
         if name == "embedded64":
             section = embedded_section(args, 64)
@@ -358,11 +451,10 @@ def main(argv=None):
             section = embedded_section(args, 128)
         elif name == "sd15":
             section = sd15_section(args)
-        elif name == "gpu":
-            if not torch.cuda.is_available():
-                section = {"title": "SD-1.5 architecture at 512x512, float16 on a GPU: not measured: no GPU", "rows": []}
-            else:
-                section = sd15_section(args, device="cuda", size=512, dtype=torch.float16)
+        elif name in GPU_SECTIONS:
+            section = gpu_section(name, args)
+        elif name == "sdxl":
+            section = sdxl_section(args)
         else:
             section = memory_section(args)
         if section is None:
@@ -381,10 +473,10 @@ def main(argv=None):
         written = True
     if not written:  # a shard that left its sections to another: the report keeps the commands that made it
         return
-    if "gpu" not in sections:  # the command beside it is the one that would measure it
-        sections["gpu"] = {"title": "SD-1.5 architecture at 512x512, float16 on a GPU: not measured: no GPU (the "
-                                    "device tool lends none to this issue)", "rows": [],
-                           "command": "python benchmarks/speed.py --only gpu"}  # fmt: skip
+    for name, (what, _, _, run_it) in GPU_SECTIONS.items():  # the command beside it is the one that would measure it
+        if name not in sections:
+            sections[name] = {"title": f"{what}, float16 on a GPU: not measured: no GPU (the device tool lends none to "
+                                       "this issue)", "rows": [], "command": run_it}  # fmt: skip
     write_result("speed.md", make_report(sections, command), args.results)
 
 

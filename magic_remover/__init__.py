@@ -14,6 +14,8 @@ EMBEDDED_MODEL = str(Path(__file__).parent / "models" / "tiny-shapes")
 
 #: The pipeline file to pass as ``custom_pipeline=`` to ``DiffusionPipeline.from_pretrained``.
 PIPELINE_FILE = str(Path(__file__).with_name("pipeline_magic_remover.py"))
+#: The same for SDXL checkpoints (``MagicRemoverXLPipeline``).
+XL_PIPELINE_FILE = str(Path(__file__).with_name("pipeline_magic_remover_xl.py"))
 
 _LAZY = {
     "CrossAttentionCaptureProcessor": "attention_processors",
@@ -25,6 +27,7 @@ _LAZY = {
     "ddim_step": "inversion",
     "MagicRemoverPipeline": "pipeline_magic_remover",
     "MagicRemoverPipelineOutput": "pipeline_magic_remover",
+    "MagicRemoverXLPipeline": "pipeline_magic_remover_xl",
     "find_target_tokens": "tokens",
 }
 
@@ -41,4 +44,4 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = sorted(["EMBEDDED_MODEL", "PIPELINE_FILE", *_LAZY])
+__all__ = sorted(["EMBEDDED_MODEL", "PIPELINE_FILE", "XL_PIPELINE_FILE", *_LAZY])

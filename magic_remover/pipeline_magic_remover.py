@@ -164,13 +164,17 @@ class MagicRemoverPipeline(
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
         )
+        self._set_image_processors()
+        self.register_to_config(requires_safety_checker=requires_safety_checker)
+        self.register_removal_defaults(removal_defaults)
+
+    def _set_image_processors(self) -> None:
+        """The autoencoder's scale factor and the processors for images and masks, from the registered ``vae``."""
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.mask_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_convert_grayscale=True
         )
-        self.register_to_config(requires_safety_checker=requires_safety_checker)
-        self.register_removal_defaults(removal_defaults)
 
     # ------------------------------------------------------------------------------------------------------------
     # Building blocks
@@ -284,10 +288,26 @@ class MagicRemoverPipeline(
     def _unet_epsilon(self, latents: torch.Tensor, timestep, embeds: torch.Tensor, schedule: DDIMSchedule):
         """One UNet call, its output converted to epsilon in float32 (any prediction type, any UNet dtype)."""
         output = self.unet(
-            latents.to(self.unet.dtype), timestep, encoder_hidden_states=embeds.to(self.unet.dtype),
+            latents.to(self.unet.dtype), timestep, **self._unet_conditioning(embeds),
             cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False,
         )[0]
         return to_epsilon(output.float(), latents, schedule.alpha(timestep), schedule.prediction_type)
+
+    def _unet_conditioning(self, embeds: torch.Tensor) -> dict:
+        """The UNet's conditioning arguments from one embedding tensor, the form the method carries (and the inversion
+        stores) for each branch: here the text encoder's hidden states. A model family with more conditioning (SDXL's
+        pooled embedding and size ids) packs it into that tensor and unpacks it here."""
+        return {"encoder_hidden_states": embeds.to(self.unet.dtype)}
+
+    def _text_conditioning(self, prompts, prompt_embeds, lora_scale, clip_skip, image_size, processing_size):
+        """``(prompt, null)`` conditioning of an inversion, float32: the prompt's and the empty prompt's embeddings.
+        ``image_size`` and ``processing_size`` (the input's size, and the size it is encoded at) are for model
+        families whose conditioning depends on them (SDXL's size ids)."""
+        prompt_embeds, empty = self.encode_prompt(
+            prompts, self._execution_device, 1, True, prompt_embeds=prompt_embeds, lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )  # fmt: skip
+        return prompt_embeds.float(), empty.float()
 
     def _cfg_epsilon(self, latents, timestep, null_embeds, prompt_embeds, guidance_scale, schedule, state=None, mode=None):
         """Algorithm 1, line 5 with this pipeline's UNet (:func:`~removal.cfg_epsilon`)."""
@@ -357,15 +377,13 @@ class MagicRemoverPipeline(
                 f"`prompt_embeds` has a batch of {prompt_embeds.shape[0]} but {batch} image(s) were given."
             )
 
-        device = self._execution_device
         schedule = DDIMSchedule.from_scheduler_config(self.scheduler.config, num_inference_steps)
         z0 = self.image_latents(image)  # line 1
+        processing_size = tuple(int(s) * self.vae_scale_factor for s in z0.shape[-2:])
         self._cross_attention_kwargs, self._clip_skip = cross_attention_kwargs, clip_skip
         lora_scale = (cross_attention_kwargs or {}).get("scale")  # where StableDiffusionPipeline reads it
-        prompt_embeds, empty = self.encode_prompt(
-            prompts, device, 1, True, prompt_embeds=prompt_embeds, lora_scale=lora_scale, clip_skip=clip_skip
-        )
-        prompt_embeds, empty = prompt_embeds.float(), empty.float()
+        prompt_embeds, empty = self._text_conditioning(prompts, prompt_embeds, lora_scale, clip_skip, image_size,
+                                                       processing_size)  # fmt: skip
         noise_fn = lambda z, t, c: self._unet_epsilon(z, t, c, schedule)  # noqa: E731
 
         with self.progress_bar(total=num_inference_steps) as bar:
@@ -403,7 +421,7 @@ class MagicRemoverPipeline(
             guidance_scale=float(guidance_scale),
             method=method,
             image_size=image_size,
-            processing_size=tuple(int(s) * self.vae_scale_factor for s in z0.shape[-2:]),
+            processing_size=processing_size,
             final_losses=losses,
             clip_skip=clip_skip,
             lora_scale=1.0 if lora_scale is None else float(lora_scale),
