@@ -51,3 +51,18 @@ def write_code(folder, class_name: str, pipeline_file) -> None:
         config = json.loads(index.read_text())
         config["_class_name"] = ["pipeline", class_name]
         index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def drop_other_pipeline_classes(namespace: dict, keep: str) -> None:
+    """Removes from a pipeline file's module ``namespace`` every ``DiffusionPipeline`` subclass defined under that
+    module's name except ``keep``. diffusers executes a local ``custom_pipeline=`` folder's ``pipeline.py`` inside the
+    module object of the last one it loaded in the process (``diffusers_modules.local.pipeline``), so after an SD
+    folder an SDXL folder's file would find ``MagicRemoverPipeline`` still there, and diffusers refuses a module with
+    two pipeline classes."""
+    from diffusers import DiffusionPipeline
+
+    for name, value in list(namespace.items()):
+        if (name != keep and isinstance(value, type) and issubclass(value, DiffusionPipeline)
+                and value.__module__ == namespace["__name__"]):  # fmt: skip
+            del namespace[name]
+

@@ -60,7 +60,7 @@ from .inversion import (
 )
 from .latent_images import LatentImageMixin
 from .model_loading import MagicRemoverLoadingMixin, read_settings, with_model_defaults
-from .pipeline_code import relative_imports, write_code
+from .pipeline_code import drop_other_pipeline_classes, relative_imports, write_code
 from .removal import (
     RemovalBranches,
     RemovalOptions,
@@ -860,3 +860,6 @@ SIBLING_MODULES = tuple(relative_imports(__file__))
 def write_pipeline_code(folder, class_name: str = "MagicRemoverPipeline") -> None:
     """Copies this file as ``pipeline.py`` with its sibling modules into ``folder`` (see :func:`~pipeline_code.write_code`)."""
     write_code(folder, class_name, __file__)
+
+
+drop_other_pipeline_classes(globals(), keep="MagicRemoverPipeline")

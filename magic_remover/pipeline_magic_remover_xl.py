@@ -23,7 +23,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .model_loading import read_settings
-from .pipeline_code import relative_imports, write_code
+from .pipeline_code import drop_other_pipeline_classes, relative_imports, write_code
 from .pipeline_magic_remover import MagicRemoverPipeline as StableDiffusionRemover
 
 # diffusers' `custom_pipeline=<file>` copies only the sibling modules a pipeline file imports itself, not theirs in
@@ -213,8 +213,9 @@ def is_sdxl_model_index(model_index: dict) -> bool:
 
 
 def read_removal_defaults(folder) -> dict:
-    """The tuned call settings a model folder ships in ``magic_remover_defaults.json`` (``{}`` without one)."""
-    return read_settings(folder, MagicRemoverXLPipeline.call_arguments())
+    """The tuned call settings a local model folder ships (``removal_defaults`` in its ``model_index.json``; ``{}``
+    without any); see :func:`~model_loading.read_settings`."""
+    return read_settings(folder, MagicRemoverXLPipeline.settable_arguments()) or {}
 
 
 #: The sibling modules this file imports, directly or through each other: what travels with it as ``pipeline.py``
@@ -230,3 +231,4 @@ def write_pipeline_code(folder, class_name: str = "MagicRemoverXLPipeline") -> N
 # The base is in this module's namespace only while the class above is defined: diffusers' `custom_pipeline=` loader
 # takes the one `DiffusionPipeline` subclass a pipeline file holds, and refuses a file with two.
 del StableDiffusionRemover
+drop_other_pipeline_classes(globals(), keep="MagicRemoverXLPipeline")

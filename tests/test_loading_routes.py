@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from magic_remover import EMBEDDED_MODEL, PIPELINE_FILE, MagicRemoverPipeline
-from magic_remover.cli import psnr
+from magic_remover.images import psnr
 from magic_remover.pipeline_magic_remover import write_pipeline_code
 from magic_remover.scenes import make_scene
 

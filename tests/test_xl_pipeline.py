@@ -322,6 +322,28 @@ def test_loads_through_custom_pipeline_file_and_folder_and_from_pretrained(pipe,
     torch.testing.assert_close(_removal(ours, image), expected, rtol=1e-4, atol=1e-4)  # float rounding only
 
 
+@pytest.mark.parametrize("xl_first", [True, False])
+def test_an_sd_folder_and_an_sdxl_folder_load_with_their_code_in_one_process(pipe, tmp_path, xl_first):
+    """diffusers runs every local folder's ``pipeline.py`` in one module object (``diffusers_modules.local.pipeline``),
+    so the second family's file found the first family's class still there and was refused ("Multiple classes that
+    inherit from DiffusionPipeline"); each pipeline file now drops the other's class."""
+    from diffusers import StableDiffusionPipeline
+    from tests.tiny_components import tiny_components
+
+    from magic_remover.pipeline_magic_remover import write_pipeline_code as write_sd_code
+    from magic_remover.pipeline_magic_remover_xl import write_pipeline_code as write_xl_code
+
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(tmp_path / "sd")
+    StableDiffusionXLPipeline(**pipe.components).save_pretrained(tmp_path / "xl")
+    write_sd_code(tmp_path / "sd-code")
+    write_xl_code(tmp_path / "xl-code")
+    order = ["xl", "sd"] if xl_first else ["sd", "xl"]
+    for name in order + order:  # and once more, after the other family
+        loaded = DiffusionPipeline.from_pretrained(tmp_path / name, custom_pipeline=str(tmp_path / f"{name}-code"),
+                                                   trust_remote_code=True)  # fmt: skip
+        assert type(loaded).__name__ == {"sd": "MagicRemoverPipeline", "xl": "MagicRemoverXLPipeline"}[name]
+
+
 @pytest.mark.parametrize("sdxl_class", [StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline,
                                         StableDiffusionXLInpaintPipeline])  # fmt: skip
 def test_from_pipe_both_ways(pipe, image, sdxl_class):
