@@ -28,20 +28,25 @@ def _embedded_model() -> str:
 
 
 def load_pipeline(model: str | None, threads: int | None = None, device=None, trust_remote_code: bool = False):
-    """Loads a MagicRemoverPipeline from the embedded model, a local folder or a Hub id, with a plain error offline;
+    """Loads a MagicRemoverPipeline (a MagicRemoverXLPipeline for an SDXL base checkpoint, told by its
+    ``model_index.json``) from the embedded model, a local folder or a Hub id, with a plain error offline;
     onto ``device``, or CUDA when there is one. Code a model folder carries (a ``pipeline.py`` other than this
     installation's, a custom component module) runs only with ``trust_remote_code`` (``--trust-remote-code``)."""
     import torch
 
     from .pipeline_magic_remover import MagicRemoverPipeline
+    from .pipeline_magic_remover_xl import MagicRemoverXLPipeline, is_sdxl_model_index
 
     if threads:
         torch.set_num_threads(threads)
     source = model or _embedded_model()
     try:
         with _library_notices_silenced():
-            pipe = MagicRemoverPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False,
-                                                        trust_remote_code=trust_remote_code)  # fmt: skip
+            if is_sdxl_model_index(MagicRemoverPipeline.load_config(source)):  # SDXL base: the XL pipeline
+                pipe = MagicRemoverXLPipeline.from_pretrained(source, trust_remote_code=trust_remote_code)
+            else:
+                pipe = MagicRemoverPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False,
+                                                            trust_remote_code=trust_remote_code)  # fmt: skip
     except (OSError, ValueError) as error:
         where = "folder" if Path(source).exists() else "Hub model id"
         if "trust_remote_code" in str(error) and not trust_remote_code:

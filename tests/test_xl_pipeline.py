@@ -391,3 +391,17 @@ def test_sdxl_model_index_is_recognised(pipe, tmp_path):
     refiner = {"text_encoder": [None, None], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
                "tokenizer_2": ["transformers", "CLIPTokenizer"]}  # fmt: skip
     assert not is_sdxl_model_index(refiner)
+
+
+def test_the_command_line_loader_picks_the_xl_pipeline_for_an_sdxl_folder(pipe, tmp_path):
+    """`remove`, `batch` and the page load through cli_common.load_pipeline: an SDXL base folder (both text encoders)
+    becomes MagicRemoverXLPipeline, a Stable Diffusion folder MagicRemoverPipeline."""
+    from diffusers import StableDiffusionPipeline
+    from tests.tiny_components import tiny_components
+
+    from magic_remover.cli_common import load_pipeline
+
+    StableDiffusionXLPipeline(**pipe.components).save_pretrained(tmp_path / "xl")
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(tmp_path / "sd")
+    assert type(load_pipeline(str(tmp_path / "xl"), device="cpu")) is MagicRemoverXLPipeline
+    assert type(load_pipeline(str(tmp_path / "sd"), device="cpu")) is magic_remover.MagicRemoverPipeline
