@@ -105,9 +105,12 @@ tags:
 """
 
 
-def code_files() -> list[str]:
-    """The files of the code repository, relative to its root."""
-    from .pipeline_magic_remover import SIBLING_MODULES
+def code_files(xl: bool = False) -> list[str]:
+    """The files of the code repository, relative to its root (``xl``: MagicRemoverXLPipeline's, for SDXL)."""
+    if xl:
+        from .pipeline_magic_remover_xl import SIBLING_MODULES
+    else:
+        from .pipeline_magic_remover import SIBLING_MODULES
 
     return ["pipeline.py", *SIBLING_MODULES, "README.md", "app.py", *SPACE_MODULES, "requirements.txt"]
 
@@ -175,15 +178,20 @@ def refuse_links(directory: Path) -> None:
                                f"{directory}: replace it with the file itself or remove it.")  # fmt: skip
 
 
-def export(directory, force: bool = False, repo_id: str | None = None, space: bool = False) -> list[Path]:
+def export(directory, force: bool = False, repo_id: str | None = None, space: bool = False,
+           xl: bool = False) -> list[Path]:
     """Writes the code repository into ``directory`` and returns the files written.
 
     Refuses a directory that exists and is not empty unless ``force``; with ``force`` the exported files are
     overwritten and nothing else in the directory is touched (``push`` uploads only the exported files). With
     ``repo_id`` the README's example names that repository instead of a placeholder; with ``space`` the README
-    carries a Space's front matter, so the folder can be uploaded as a Gradio Space.
+    carries a Space's front matter, so the folder can be uploaded as a Gradio Space. With ``xl`` the repository's
+    ``pipeline.py`` is MagicRemoverXLPipeline's file (for SDXL checkpoints), with its sibling modules.
     """
-    from .pipeline_magic_remover import write_pipeline_code
+    if xl:
+        from .pipeline_magic_remover_xl import write_pipeline_code
+    else:
+        from .pipeline_magic_remover import write_pipeline_code
 
     directory = Path(directory)
     card = find_model_card().read_text(encoding="utf-8")  # before anything is written
@@ -203,11 +211,11 @@ def export(directory, force: bool = False, repo_id: str | None = None, space: bo
     if repo_id:
         card = card.replace(REPO_ID_PLACEHOLDER, repo_id)
     (directory / "README.md").write_text(space_readme(card) if space else card, encoding="utf-8")
-    return [directory / name for name in code_files()]
+    return [directory / name for name in code_files(xl)]
 
 
-def _check_exported(directory: Path) -> None:
-    missing = [name for name in code_files() if not (directory / name).is_file()]
+def _check_exported(directory: Path, xl: bool = False) -> None:
+    missing = [name for name in code_files(xl) if not (directory / name).is_file()]
     if missing:
         raise HubError(
             f"{directory} is not an exported pipeline folder (missing {', '.join(missing)}); "
@@ -223,6 +231,7 @@ def push(
     token: str | None = None,
     endpoint: str | None = None,
     commit_message: str = "Upload the MagicRemover pipeline code",
+    xl: bool = False,
 ):
     """Creates ``repo_id`` if needed (and the branch ``revision``), then uploads the exported code; returns the commit.
 
@@ -242,10 +251,10 @@ def push(
         with tempfile.TemporaryDirectory(prefix="magic_remover_hub_") as scratch:
             if directory is None:
                 folder = Path(scratch) / "code"
-                export(folder, repo_id=repo_id)
+                export(folder, repo_id=repo_id, xl=xl)
             else:
                 folder = Path(directory)
-                _check_exported(folder)
+                _check_exported(folder, xl)
                 refuse_links(folder)
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
             if revision:
@@ -254,7 +263,7 @@ def push(
                 repo_id=repo_id,
                 folder_path=folder,
                 revision=revision,
-                allow_patterns=code_files(),
+                allow_patterns=code_files(xl),
                 commit_message=commit_message,
             )
     except OfflineModeIsEnabled:
@@ -275,16 +284,17 @@ def push(
 
 
 def command_export(args) -> int:
-    files = export(args.dir, force=args.force, repo_id=args.repo_id, space=args.space)
+    files = export(args.dir, force=args.force, repo_id=args.repo_id, space=args.space, xl=args.xl)
     print(f"wrote {', '.join(f.name for f in files)} to {args.dir}")
     return 0
 
 
 def command_push(args) -> int:
-    info = push(args.repo_id, revision=args.revision, private=True if args.private else None, directory=args.dir)
+    info = push(args.repo_id, revision=args.revision, private=True if args.private else None, directory=args.dir,
+                xl=args.xl)  # fmt: skip
     print(f"pushed to {info.commit_url}")
     print(
-        "load it with: DiffusionPipeline.from_pretrained(<SD 1.x/2.x model>, "
+        f"load it with: DiffusionPipeline.from_pretrained({'<SDXL model>' if args.xl else '<SD 1.x/2.x model>'}, "
         f'custom_pipeline="{info.repo_url.repo_id if info.repo_url else args.repo_id}", '
         f'custom_revision="{info.oid}", trust_remote_code=True)'
     )
@@ -314,6 +324,7 @@ def add_hub_parser(sub) -> argparse.ArgumentParser:
     exp.add_argument("--force", action="store_true", help="overwrite the exported files in a non-empty folder")
     exp.add_argument("--repo-id", default=None, help="repository id to name in the README's example")
     exp.add_argument("--space", action="store_true", help="give the README a Gradio Space's front matter (app.py)")
+    exp.add_argument("--xl", action="store_true", help="the SDXL pipeline's code (MagicRemoverXLPipeline) as pipeline.py")
     add_common_options(exp)
     exp.set_defaults(func=command_export)
 
@@ -323,6 +334,7 @@ def add_hub_parser(sub) -> argparse.ArgumentParser:
     push_.add_argument("--revision", default=None, help="branch to push to (created from main if needed)")
     push_.add_argument("--private", action="store_true", help="create the repository private")
     push_.add_argument("--dir", default=None, help="an exported folder to upload as it is (default: export afresh)")
+    push_.add_argument("--xl", action="store_true", help="the SDXL pipeline's code (as exported with --xl)")
     add_common_options(push_)
     push_.set_defaults(func=command_push)
     return hub

@@ -5,7 +5,8 @@ the Hub model ids become the embedded model, the Hub code repo a local folder ho
 folder has no revisions, so its ``custom_revision=`` line goes), ``cuda``/float16 become the CPU and float32, and the
 photo, captions and target words become a demo scene's (the embedded model knows shapes, not dogs). The last snippet
 (inpainting a cat after the removal) needs two more Hub models, 9-channel inpainting UNets with no embedded
-counterpart, and is not run.
+counterpart, and is not run; nor is the SDXL snippet (no SDXL model is embedded: `tests/test_xl_pipeline.py` runs the
+same loading routes on tiny SDXL components).
 """
 
 import re
@@ -18,7 +19,9 @@ from magic_remover.pipeline_magic_remover import write_pipeline_code
 from magic_remover.scenes import make_scene
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-NOT_RUN = ("StableDiffusionInpaintPipeline",)  # needs Hub-only inpainting models, see the docstring
+# Hub-only inpainting models, and SDXL (no SDXL model is embedded; the XL pipeline's loading routes are tested on tiny
+# SDXL components in test_xl_pipeline.py), see the docstring
+NOT_RUN = ("StableDiffusionInpaintPipeline", "MagicRemoverXLPipeline")
 
 
 def python_snippets() -> list[str]:

@@ -405,3 +405,19 @@ def test_the_command_line_loader_picks_the_xl_pipeline_for_an_sdxl_folder(pipe, 
     StableDiffusionPipeline(**tiny_components()).save_pretrained(tmp_path / "sd")
     assert type(load_pipeline(str(tmp_path / "xl"), device="cpu")) is MagicRemoverXLPipeline
     assert type(load_pipeline(str(tmp_path / "sd"), device="cpu")) is magic_remover.MagicRemoverPipeline
+
+
+def test_hub_export_xl_writes_a_code_repo_that_loads_on_an_sdxl_folder(pipe, image, tmp_path):
+    """`magic-remover hub export --xl`: pipeline.py is the XL file with exactly its sibling modules, and the folder
+    loads as `custom_pipeline=` on an SDXL checkpoint."""
+    from magic_remover.cli import main
+    from magic_remover.hub import code_files
+
+    assert main(["hub", "export", str(tmp_path / "code"), "--xl"]) == 0
+    written = {p.name for p in (tmp_path / "code").iterdir()}
+    assert written == set(code_files(xl=True)) and "pipeline_magic_remover.py" in written
+    assert (tmp_path / "code" / "pipeline.py").read_bytes() == Path(magic_remover.XL_PIPELINE_FILE).read_bytes()
+    StableDiffusionXLPipeline(**pipe.components).save_pretrained(tmp_path / "sdxl")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "sdxl", custom_pipeline=str(tmp_path / "code"),
+                                               trust_remote_code=True)  # fmt: skip
+    assert type(loaded).__name__ == "MagicRemoverXLPipeline"
