@@ -374,7 +374,7 @@ def make_table(scored: dict, scenes, steps, settings, args, fingerprint: str) ->
         "",
         "Success (the judge, `benchmarks/judge.py`, validated by eye in `judge_validation.md`): the target is gone, "
         "nothing is in its place, its shadow is gone and every neighbour is kept; each failure is its own column and "
-        "a result can fail several. Target left: a quarter of the object's pixels still nearer the input than the "
+        "a result can fail several. Target left: more than half of the object's pixels still nearer the input than the "
         "truth, or the detector still finds it. Replaced: a blob of pixels off the truth in the target's region, or "
         "an object found there that the truth does not hold (a recoloured target is a replacement). Shadow left: a "
         "quarter of the shadow's pixels still dark. Neighbour damaged: a tenth of another object's visible pixels off "
