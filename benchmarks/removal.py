@@ -395,18 +395,22 @@ def make_table(scored: dict, scenes, steps, settings, args, fingerprint: str) ->
             lines.append(f"| {method} | all | {cached} of {len(scenes)} | not re-scored: its run had not finished "
                          + "| — " * 9 + "|")  # fmt: skip
             continue
+        first_row = True
         for kind in KINDS + ["all"]:
             items = [r for r in scored[method].values() if kind in ("all", r["kind"])]
+            if not items:  # a few scenes (--quick, --scenes N) need not hold every kind
+                continue
             rate = {key: 100 * sum(r[key] for r in items) / len(items)
                     for key in ("success", *("target_left", "replaced", "shadow_left", "neighbour_damaged"), "old_success")}  # fmt: skip
             lines.append(
-                f"| {method if kind == KINDS[0] else ''} | {kind} | {len(items)} | **{rate['success']:.0f}%** "
+                f"| {method if first_row else ''} | {kind} | {len(items)} | **{rate['success']:.0f}%** "
                 f"| {rate['target_left']:.0f}% | {rate['replaced']:.0f}% | {rate['shadow_left']:.0f}% "
                 f"| {rate['neighbour_damaged']:.0f}% | {rate['old_success']:.0f}% "
                 f"| {_mean([r['fill_psnr'] for r in items]):.2f} | {_mean([r['background_psnr'] for r in items]):.2f} "
                 f"| {_mean([r['seconds'] for r in items]):.2f} "
                 f"| {_mean([r['forward'] for r in items]):.0f} / {_mean([r['backward'] for r in items]):.0f} |"
             )
+            first_row = False
     return "\n".join(lines) + "\n"
 
 
