@@ -205,6 +205,8 @@ def recorded_half(recorded, batch_layout: str, batch_size: int):
     key, value = recorded
     if key.shape[0] == batch_size:
         return key, value
+    if 2 * key.shape[0] == batch_size and batch_layout == CFG_BATCH:  # one evaluation stands for both halves
+        return torch.cat([key, key]), torch.cat([value, value])
     if key.shape[0] == 2 * batch_size and batch_layout in (CONDITIONAL, UNCONDITIONAL):
         rows = slice(batch_size, None) if batch_layout == CONDITIONAL else slice(0, batch_size)
         return key[rows], value[rows]

@@ -550,6 +550,7 @@ class MagicRemoverPipeline(
             if options.protect is not None:  # an absent word is named now
                 words = list(options.protected_words)
                 protected_token_groups(self.tokenizer, self._prompts([text])[0], list(targets), words)
+        options.fill_prompts(prompts, list(targets))  # a fill prompt per image
         return list(targets)
 
     def _warn_about_options_without_effect(self, options: RemovalOptions, has_user_mask: bool) -> None:
@@ -639,6 +640,7 @@ class MagicRemoverPipeline(
         refocus_w_neg: float = 0.0,
         refocus_timesteps: tuple[float, float] = (700, 1000),
         content_initialization: str | None = None,
+        fill_prompt: bool | str | list[str] | None = None,
         inversion_method: str | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -746,6 +748,13 @@ class MagicRemoverPipeline(
                 with OpenCV's Telea inpainting, and the edit branch leaves the reconstruction at the first guided
                 step from that image's latent on the trajectory's noise (``content_shifted_latents``). No extra UNet
                 pass: one VAE encode and one ``cv2.inpaint``. ``None`` (default): off; the embedded model ships it on.
+            fill_prompt: the edit branch's text (ours, not in the paper): ``True`` is ``prompt`` without the noun
+                phrases that hold the target (``prompt_without_targets``: "a cat and a dog on the grass" without "dog"
+                is "a cat on the grass"), a string or list of strings that text itself. The branch then fills the
+                target's place with what the caption says is there instead of with what names the target: with the
+                prompt, the model paints an object of the target's shape, often in another colour, in the hole. The
+                energy still reads the target word's attention, from one more conditional UNet evaluation per guided
+                pass. ``None`` (default): the prompt, as in the paper; the embedded model ships ``True``.
             inversion_method: ``"negative-prompt"`` (chosen by the speed benchmark), ``"null-text"`` (the paper's),
                 ``"direct"`` or ``"ddim"``; see [`~invert`]. ``None`` (default): the method of ``inversion`` when
                 one is given, else ``invert``'s default (``"negative-prompt"``).

@@ -45,6 +45,7 @@ from .inversion import (
     direct_inversion_correction,
     timesteps_in_range,
 )
+from .tokens import prompt_without_targets
 
 ENERGIES = ("paper", "quantile")
 GRADIENT_WEIGHTINGS = ("attention", "binary")
@@ -81,6 +82,7 @@ class RemovalOptions:
     refocus_w_neg: float = 0.0  # MagicEraser
     refocus_timesteps: tuple[float, float] = (700, 1000)  # MagicEraser
     content_initialization: str | None = None  # MagicEraser
+    fill_prompt: object = None  # ours: the edit branch's text (True: the prompt without the target's phrase)
 
     @classmethod
     def from_arguments(cls, arguments: dict) -> "RemovalOptions":
@@ -126,6 +128,12 @@ class RemovalOptions:
             if not (isinstance(words, (list, tuple)) and all(isinstance(w, str) and w.strip() for w in words)):
                 raise TypeError(f"`protect` must be None, a word of the prompt (str) or a list of them, got {self.protect!r}.")
         check_optional_fraction(self.protect_cutoff, "protect_cutoff", includes_one=True)
+        fill = self.fill_prompt
+        if not (fill is None or isinstance(fill, (bool, str))
+                or (isinstance(fill, (list, tuple)) and all(isinstance(p, str) for p in fill))):  # fmt: skip
+            raise TypeError(
+                f"`fill_prompt` must be None, True/False, a caption (str) or a list of captions, got {fill!r}."
+            )
 
     def check_some_step_is_guided(self, schedule: DDIMSchedule) -> None:
         """Refuses a call in which no step falls inside ``guidance_timesteps``: nothing would be removed."""
@@ -141,6 +149,19 @@ class RemovalOptions:
     def protected_words(self):
         """``protect`` as a list of words, or ``None`` for the prompt's other objects."""
         return [self.protect] if isinstance(self.protect, str) else self.protect
+
+    def fill_prompts(self, prompts: list[str], targets: list[str]) -> list[str] | None:
+        """The edit branch's text per sample (ours), or ``None`` when it is the prompt (the paper's): ``fill_prompt``
+        itself, or with ``True`` each prompt with the noun phrases holding a target dropped."""
+        fill = self.fill_prompt
+        if fill is None or fill is False:
+            return None
+        if fill is True:
+            return [prompt_without_targets(prompt, targets) for prompt in prompts]
+        fills = [fill] * len(prompts) if isinstance(fill, str) else list(fill)
+        if len(fills) != len(prompts):
+            raise ValueError(f"`fill_prompt` has {len(fills)} captions for {len(prompts)} prompt(s).")
+        return fills
 
     def uses_automatic_mask(self, has_user_mask: bool) -> bool:
         """Whether any option reads the automatic region (a user's mask replaces it)."""
@@ -206,6 +227,12 @@ class RemovalContext:
     plan: list[StepPlan] = field(default_factory=list)
     latent_mask: torch.Tensor | None = None  # the user's mask at latent size (eq. 13, appendix A.4)
     protect_groups: list = field(default_factory=list)  # per sample, the protected words' token positions (ours)
+    fill_embeds: torch.Tensor | None = None  # the edit branch's text without the target (``fill_prompt``, ours)
+
+    @property
+    def edit_embeds(self) -> torch.Tensor:
+        """The edit branch's conditioning: the fill prompt's, else the prompt's (the paper's)."""
+        return self.prompt_embeds if self.fill_embeds is None else self.fill_embeds
 
     @property
     def protect_cutoff(self) -> float | None:
@@ -246,7 +273,18 @@ def cfg_epsilon(epsilon: EpsilonFn, latents, timestep, null_embeds, prompt_embed
 
 def split_cfg_epsilon(ctx: RemovalContext, latents, step_index: int, timestep) -> torch.Tensor:
     """The edit branch's CFG with only the conditional half in the autograd graph (ours: the energy reads the
-    conditional half's cross-attention alone; the same epsilon as the batched call, less memory)."""
+    conditional half's cross-attention alone; the same epsilon as the batched call, less memory).
+
+    With a fill prompt (ours) the epsilon is CFG on the fill prompt, outside the graph, and one more conditional
+    evaluation on the prompt, in the graph, gives the energy its target-word attention (the fill prompt has no
+    target word): the energy still moves the latents off the target while the text no longer asks for it."""
+    if ctx.fill_embeds is not None:
+        with torch.no_grad():
+            epsilon = cfg_epsilon(ctx.epsilon, latents.detach(), timestep, ctx.null_embeddings[step_index],
+                                  ctx.fill_embeds, ctx.guidance_scale(), ctx.state, EDIT)  # fmt: skip
+        ctx.state.start_pass(EDIT, CONDITIONAL)
+        ctx.epsilon(latents, timestep, ctx.prompt_embeds)  # its cross-attention, for the energy
+        return epsilon
     null_embeds, prompt_embeds = ctx.null_embeddings[step_index], ctx.prompt_embeds
     if same_halves(null_embeds, prompt_embeds):
         ctx.state.start_pass(EDIT, SINGLE)
@@ -313,8 +351,9 @@ def guided_pass(ctx: RemovalContext, latents, step_index: int, timestep):
 
 
 def edit_pass(ctx: RemovalContext, latents, step_index: int, timestep) -> torch.Tensor:
-    """The edit branch outside the guided steps: plain CFG with the K/V swap of eq. 10 (and refocusing)."""
-    epsilon = cfg_epsilon(ctx.epsilon, latents, timestep, ctx.null_embeddings[step_index], ctx.prompt_embeds,
+    """The edit branch outside the guided steps: plain CFG with the K/V swap of eq. 10 (and refocusing), on the fill
+    prompt when there is one."""
+    epsilon = cfg_epsilon(ctx.epsilon, latents, timestep, ctx.null_embeddings[step_index], ctx.edit_embeds,
                           ctx.guidance_scale(), ctx.state, EDIT)  # fmt: skip
     ctx.state.start_pass(PASSTHROUGH)
     return epsilon

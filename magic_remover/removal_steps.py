@@ -140,7 +140,16 @@ class RemovalStepsMixin:
             options=options,
             plan=plan_steps(schedule.timesteps, options),
             latent_mask=latent_mask,
+            fill_embeds=self._fill_conditioning(options.fill_prompts(prompts, targets), inversion),
         )
+
+    def _fill_conditioning(self, fill_prompts, inversion) -> torch.Tensor | None:
+        """The fill prompts' conditioning, encoded as the inversion encoded its prompt (``None`` without them)."""
+        if fill_prompts is None:
+            return None
+        embeds, _ = self._text_conditioning(fill_prompts, None, inversion.lora_scale, inversion.clip_skip,
+                                            tuple(inversion.image_size), tuple(inversion.processing_size))  # fmt: skip
+        return embeds.to(inversion.prompt_embeds.device, inversion.prompt_embeds.dtype)
 
     def _removal_processors(self, state: RemovalAttentionState, options: RemovalOptions) -> dict:
         """Eq. 10's K/V swap on the self-attention layers (unless ``self_attention_guidance=False``) and the capture of

@@ -159,6 +159,37 @@ def default_protected_words(prompt: str, targets: Sequence[str]) -> list[str]:
 
 
 
+def prompt_without_targets(prompt: str, targets: Sequence[str]) -> str:
+    """``prompt`` with the noun phrases that hold a target dropped: the text of the image once the target is gone,
+    for ``fill_prompt=True`` (ours).
+
+    The same split as :func:`default_protected_words` (phrases at commas and ``PHRASE_SEPARATORS``, up to the first
+    of ``SCENE_PREPOSITIONS``): "a red star and a yellow triangle on a sky background" without "star" is "a yellow
+    triangle on a sky background"; with every phrase dropped, the scene alone ("a sky background"), or the empty
+    prompt when there is none. Case and punctuation of the kept words are the prompt's own.
+    """
+    words = prompt.replace(",", " , ").split()
+    scene = []
+    for n, word in enumerate(words):
+        if n > 0 and word.strip(".;:!?\"'()").lower() in SCENE_PREPOSITIONS:
+            words, scene = words[:n], words[n:]
+            break
+    phrases, current = [], []
+    for word in words + [","]:
+        if word.lower() in PHRASE_SEPARATORS or word == ",":
+            if current:
+                phrases.append(current)
+            current = []
+        else:
+            current.append(word)
+    wanted = [" " + " ".join(t.lower().split()) + " " for t in targets]
+    kept = [p for p in phrases if not any(t in " " + " ".join(w.strip(".;:!?\"'()").lower() for w in p) + " "
+                                          for t in wanted)]  # fmt: skip
+    if not kept:
+        return " ".join(scene[1:])  # the scene without its preposition, or the empty prompt
+    return " ".join([" and ".join(" ".join(p) for p in kept)] + scene)
+
+
 def negative_prompts(negative_prompt, prompt, batch: int) -> list[str]:
     """The unconditional prompts for ``encode_prompt``: as in SD, the empty prompt unless ``negative_prompt``."""
     if negative_prompt is None:
