@@ -26,6 +26,7 @@ import torch.nn.functional as F
 # The map math lives in `attention_maps`, the word lookup in `tokens`; these names are re-exported here, where code
 # written before the split imports them from.
 from .attention_maps import (
+    AFFINITY_MAX_POSITIONS,
     aggregate_cross_attention,
     attention_energy,
     automatic_mask,
@@ -67,6 +68,10 @@ class RemovalAttentionState:
         self.batch = CFG_BATCH
         self.self_attention_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cross_attention: dict[str, torch.Tensor] = {}
+        # the region refinement's (ours): whether the reconstruction pass records its self-attention probabilities
+        # (head-mean, conditional rows, layers of at most AFFINITY_MAX_POSITIONS positions), and those of this pass
+        self.capture_affinity = False
+        self.self_affinity: dict[str, torch.Tensor] = {}
         # MagicEraser's refocusing: the reconstruction's (target region, protected region) maps of this step, and
         # (w_pos, w_neg) in the steps where the edit pass refocuses (None elsewhere)
         self.refocus_maps: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -83,6 +88,7 @@ class RemovalAttentionState:
         self.cross_attention = {}
         if mode == RECONSTRUCT:
             self.self_attention_kv = {}
+            self.self_affinity = {}
 
     def set_refocusing(self, maps: tuple[torch.Tensor, torch.Tensor | None], weights: tuple[float, float] | None):
         """The one writer of the refocusing state, once per step: the reconstruction's ``(target region, protected
@@ -94,6 +100,7 @@ class RemovalAttentionState:
         self.batch = CFG_BATCH
         self.self_attention_kv = {}
         self.cross_attention = {}
+        self.self_affinity = {}
         self.refocus_maps = self.refocus_weights = None
 
     def refocus_bias(self, num_pixels: int, batch_size: int) -> torch.Tensor | None:
@@ -185,6 +192,8 @@ class SelfAttentionKVSwapProcessor(RemovalProcessor):
         )
         if mode == RECONSTRUCT:
             self.state.self_attention_kv[self.name] = (key.detach(), value.detach())
+            if self.state.capture_affinity and query.shape[-2] <= AFFINITY_MAX_POSITIONS:
+                self.state.self_affinity[self.name] = self_attention_affinity(query, key, attn.scale, self.state.batch)
         else:
             key, value = recorded_half(self.state.self_attention_kv.get(self.name), self.state.batch, key.shape[0])
             if key is None:
@@ -194,6 +203,14 @@ class SelfAttentionKVSwapProcessor(RemovalProcessor):
                 mask = bias.to(query.dtype) if mask is None else mask + bias.to(mask.dtype)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
         return finish_attention_output(attn, out, residual, spatial, query.dtype)
+
+
+def self_attention_affinity(query: torch.Tensor, key: torch.Tensor, scale: float, batch_layout: str) -> torch.Tensor:
+    """The self-attention probabilities of a reconstruction pass's conditional rows, averaged over heads, in float32:
+    ``[B, N, N]`` (what the region refinement propagates the target's map through)."""
+    rows = slice(query.shape[0] // 2, None) if batch_layout == CFG_BATCH else slice(None)
+    scores = torch.matmul(query[rows].float(), key[rows].float().transpose(-1, -2)) * scale
+    return scores.softmax(dim=-1).mean(dim=1).detach()
 
 
 def recorded_half(recorded, batch_layout: str, batch_size: int):

@@ -641,6 +641,7 @@ class MagicRemoverPipeline(
         refocus_timesteps: tuple[float, float] = (700, 1000),
         content_initialization: str | None = None,
         fill_prompt: bool | str | list[str] | None = None,
+        region_refinement: int = 0,
         inversion_method: str | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -755,6 +756,11 @@ class MagicRemoverPipeline(
                 prompt, the model paints an object of the target's shape, often in another colour, in the hole. The
                 energy still reads the target word's attention, from one more conditional UNet evaluation per guided
                 pass. ``None`` (default): the prompt, as in the paper; the embedded model ships ``True``.
+            region_refinement: ``k`` (ours, in the spirit of DiffSegmenter and iSeg): the reconstruction's map of the
+                target is spread ``k`` times through the same pass's self-attention (``refined_region_map``: each
+                pixel takes the map's mean over the pixels it attends to, at the finest level of at most 32x32), so
+                the automatic region, content initialisation and the blends cover the whole object where the word's
+                map marks only its core; protected objects stay out. No extra UNet pass. 0 (default): off.
             inversion_method: ``"negative-prompt"`` (chosen by the speed benchmark), ``"null-text"`` (the paper's),
                 ``"direct"`` or ``"ddim"``; see [`~invert`]. ``None`` (default): the method of ``inversion`` when
                 one is given, else ``invert``'s default (``"negative-prompt"``).

@@ -22,6 +22,7 @@ from .attention_maps import (
     automatic_mask,
     blend,
     quantile_energy,
+    refined_region_map,
     target_maps,
     top_fraction_mask,
 )
@@ -83,6 +84,7 @@ class RemovalOptions:
     refocus_timesteps: tuple[float, float] = (700, 1000)  # MagicEraser
     content_initialization: str | None = None  # MagicEraser
     fill_prompt: object = None  # ours: the edit branch's text (True: the prompt without the target's phrase)
+    region_refinement: int = 0  # ours: propagations of the target's map through the self-attention
 
     @classmethod
     def from_arguments(cls, arguments: dict) -> "RemovalOptions":
@@ -128,6 +130,14 @@ class RemovalOptions:
             if not (isinstance(words, (list, tuple)) and all(isinstance(w, str) and w.strip() for w in words)):
                 raise TypeError(f"`protect` must be None, a word of the prompt (str) or a list of them, got {self.protect!r}.")
         check_optional_fraction(self.protect_cutoff, "protect_cutoff", includes_one=True)
+        refinement = self.region_refinement
+        if isinstance(refinement, bool) or not isinstance(refinement, int) or refinement < 0:
+            raise ValueError(f"`region_refinement` must be an int >= 0 (0: off), got {refinement!r}.")
+        if refinement and not self.self_attention_guidance:
+            raise ValueError(
+                "`region_refinement` reads the self-attention that the K/V swap's processors capture; it needs "
+                "`self_attention_guidance=True`."
+            )
         fill = self.fill_prompt
         if not (fill is None or isinstance(fill, (bool, str))
                 or (isinstance(fill, (list, tuple)) and all(isinstance(p, str) for p in fill))):  # fmt: skip
@@ -229,6 +239,9 @@ class RemovalContext:
     protect_groups: list = field(default_factory=list)  # per sample, the protected words' token positions (ours)
     fill_embeds: torch.Tensor | None = None  # the edit branch's text without the target (``fill_prompt``, ours)
 
+    def __post_init__(self):
+        self.state.capture_affinity = self.options.region_refinement > 0
+
     @property
     def edit_embeds(self) -> torch.Tensor:
         """The edit branch's conditioning: the fill prompt's, else the prompt's (the paper's)."""
@@ -307,6 +320,9 @@ def reconstruction_pass(ctx: RemovalContext, latents, step_index: int, timestep)
                           ctx.guidance_scale(), ctx.state, RECONSTRUCT)  # fmt: skip
     maps = ctx.maps()
     soft_mask = maps.soft_mask()
+    if ctx.options.region_refinement:  # ours: the whole object, through the pass's own self-attention
+        soft_mask = refined_region_map(soft_mask, ctx.state.self_affinity, ctx.options.region_refinement,
+                                       maps.dominance)  # fmt: skip
     plan = ctx.plan[step_index] if ctx.plan else None
     ctx.state.set_refocusing((soft_mask, maps.dominance), plan.refocus_weights if plan else None)
     return epsilon, maps.raw_attention, soft_mask
