@@ -62,10 +62,23 @@ METHODS = [
     "MagicRemover, protect cutoff off (soft lowering only)",
     "MagicRemover, every connected part of the region kept",
     "MagicRemover, null-text inversion (paper)",
+    "MagicRemover, fill prompt off (the previous defaults)",
+    "MagicRemover + GT mask, fill prompt off",
+    "MagicRemover + region refinement (1 propagation)",
 ]
 SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR no content init", "MR null-text no c.i.", "MR + mask",
                "MR research", "LEDITS++", "P2P x0", "Blended LD", "Telea", "reconstr.", "truth", "P2P x0 null-text", "MR region 0.3",
-               "MR no cutoff", "MR all parts", "MR null-text"]  # fmt: skip
+               "MR no cutoff", "MR all parts", "MR null-text", "MR no fill", "MR + mask no fill", "MR refine"]  # fmt: skip
+#: The rows that do not run MagicRemover's removal with the model's settings: their results depend on the steps and the
+#: guidance scale alone (LEDITS++ has its own settings, the others none), so a change of those settings keeps them
+INDEPENDENT_OF_SETTINGS = {METHODS[i] for i in (8, 9, 10, 11, 12, 13, 14)}
+
+
+def method_fingerprint(method: str, steps: int, settings: dict) -> str:
+    """What a method's cached results were made with (:class:`ResultCache` refuses others)."""
+    if method in INDEPENDENT_OF_SETTINGS:
+        return json.dumps({"steps": steps, "guidance_scale": settings.get("guidance_scale", 7.5)}, sort_keys=True)
+    return json.dumps({"steps": steps, "settings": settings}, sort_keys=True)
 #: The refocusing row's weights (MagicEraser's w_pos, w_neg), from benchmarks/results/tuning_issue13_A.md
 REFOCUS = {"refocus_w_pos": 3.0, "refocus_w_neg": 3.0}
 #: LEDITS++'s settings, from benchmarks/results/tuning_ledits.md (tuning seeds)
@@ -132,6 +145,8 @@ class ResultCache:
                                 images=np.stack([stored[s][0] for s in seeds]),
                                 costs=np.array([[stored[s][1].get(k, 0.0) for k in COST_KEYS] for s in seeds]))  # fmt: skip
             partial.replace(self.path)
+            # the detector's findings on the earlier results (``cached_detections``) no longer describe this file
+            self.path.with_suffix(".detections.npz").unlink(missing_ok=True)
 
 
 def target_phrase(scene, index: int) -> str:
@@ -196,7 +211,7 @@ def run(args) -> None:
     methods = args.methods
     ledits = ledits_pp_pipeline(pipe) if METHODS[8] in methods else None
     scenes = select_scenes(args.scenes, args.first_seed)
-    fingerprint = json.dumps({"steps": steps, "settings": settings}, sort_keys=True)
+    fingerprints = {method: method_fingerprint(method, steps, settings) for method in METHODS}
 
     def scene_results(scene, index, wanted):
         """Runs the ``wanted`` methods on one scene: ``(images, costs)`` by method."""
@@ -257,9 +272,14 @@ def run(args) -> None:
                True)  # fmt: skip
         # the paper's inversion with every shipped default (it inverts inside the call, so it shares no inversion)
         record(METHODS[18], lambda: pipe(**common, prompt=scene.caption, inversion_method="null-text").images[0], False)
+        # issue 23's levers (ours): the fill prompt off, from text and with the true mask; the region refinement on
+        paper_text = {**common, "fill_prompt": None}
+        record(METHODS[19], lambda: pipe(inversion=inversion, **paper_text).images[0], True)
+        record(METHODS[20], lambda: pipe(inversion=inversion, mask_image=mask, **paper_text).images[0], True)
+        record(METHODS[21], lambda: pipe(inversion=inversion, **{**common, "region_refinement": 1}).images[0], True)
         return results, costs
 
-    caches = {method: ResultCache(args.cache, method, fingerprint) for method in methods}
+    caches = {method: ResultCache(args.cache, method, fingerprints[method]) for method in methods}
     stored = {method: caches[method].load() for method in methods}  # a rerun resumes, and shards share the files
     shard, shards = args.shard
     for n, (kind, scene, index) in enumerate(scenes):
@@ -277,7 +297,7 @@ def run(args) -> None:
     if unfinished:
         print(f"{len(unfinished)} method(s) lack scenes; the table is written by a run once every shard has finished")
     elif not args.compute_only:
-        write_tables(scenes, args, fingerprint, steps, settings)
+        write_tables(scenes, args, fingerprints, steps, settings)
 
 
 def cached_detections(cache: ResultCache, stored: dict) -> dict:
@@ -313,7 +333,7 @@ def _save_detections(path: Path, found: dict) -> None:
     partial.replace(path)
 
 
-def judged(method: str, scenes, args, fingerprint: str):
+def judged(method: str, scenes, args, fingerprint: str | None):
     """Every scene's verdict and metrics for ``method`` from its cache, or None while the cache lacks scenes."""
     from benchmarks.judge import judge, strip
 
@@ -335,15 +355,15 @@ def judged(method: str, scenes, args, fingerprint: str):
     return scored
 
 
-def write_tables(scenes, args, fingerprint, steps, settings) -> None:
+def write_tables(scenes, args, fingerprints: dict, steps, settings) -> None:
     """Judges every method whose cache covers the scenes; writes removal.md (and the grid) with a row per method."""
-    scored = {method: judged(method, scenes, args, fingerprint) for method in METHODS}
-    write_result("removal.md", make_table(scored, scenes, steps, settings, args, fingerprint), args.results)
+    scored = {method: judged(method, scenes, args, fingerprints[method]) for method in METHODS}
+    write_result("removal.md", make_table(scored, scenes, steps, settings, args, fingerprints), args.results)
     complete = [m for m in METHODS if scored[m] is not None and m != METHODS[13]]
     examples = {}
     for kind, scene, index in scenes:  # the first scene of each kind
         if kind not in examples:
-            images = [ResultCache(args.cache, m, fingerprint).load()[scene.seed][0] for m in complete]
+            images = [ResultCache(args.cache, m, fingerprints[m]).load()[scene.seed][0] for m in complete]
             examples[kind] = [scene.image, *map(Image.fromarray, images), scene.objects[index].without]
     make_grid(examples, complete).save(Path(args.results) / "removal.png")
 
@@ -356,7 +376,7 @@ def _mean(values):
     return sum(values) / len(values) if values else float("nan")
 
 
-def make_table(scored: dict, scenes, steps, settings, args, fingerprint: str) -> str:
+def make_table(scored: dict, scenes, steps, settings, args, fingerprints: dict) -> str:
     from benchmarks.judge import tolerances_text
     from magic_remover.pipeline_magic_remover import DEFAULT_INVERSION_METHOD
 
@@ -391,7 +411,7 @@ def make_table(scored: dict, scenes, steps, settings, args, fingerprint: str) ->
     ]
     for method in METHODS:
         if scored[method] is None:
-            cached = len(ResultCache(args.cache, method, fingerprint).load())
+            cached = len(ResultCache(args.cache, method, fingerprints[method]).load())
             lines.append(f"| {method} | all | {cached} of {len(scenes)} | not re-scored: its run had not finished "
                          + "| — " * 9 + "|")  # fmt: skip
             continue

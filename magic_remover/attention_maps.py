@@ -275,13 +275,16 @@ def propagate_map(soft_map: torch.Tensor, affinity: torch.Tensor, iterations: in
 def refined_region_map(soft_map: torch.Tensor, affinities: dict[str, torch.Tensor], iterations: int,
                        dominance: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """The target's soft map (``[B, h, w]`` in [0, 1], already protected) refined through the pass's self-attention
-    (ours): the larger of the map and its propagation (:func:`propagate_map`), so the refinement only adds what
-    belongs with the object; the propagation is weighed by ``1 - dominance`` first, so that it does not spread onto a
-    protected object (``dominance``: the protected words' map, ``None`` without any)."""
+    (ours): its propagation (:func:`propagate_map`), which covers what the UNet groups with the object's core and
+    drops what the core's map reached without belonging to it, weighed by ``1 - dominance`` so that it does not
+    spread onto a protected object (``dominance``: the protected words' map, ``None`` without any).
+
+    The propagation replaces the map rather than adding to it: on the embedded model's tuning scenes the larger of the
+    two grew the region onto the background and the neighbours (``benchmarks/results/tuning_issue23_fill.md``)."""
     spread = propagate_map(soft_map, aggregate_self_attention(affinities), iterations)
     if dominance is not None:
         spread = spread * (1 - dominance.float().clamp(0, 1))
-    return torch.maximum(soft_map.float(), spread).clamp(0, 1).to(soft_map.dtype)
+    return spread.clamp(0, 1).to(soft_map.dtype)
 
 
 def blend(mask: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,7 @@ def test_the_refined_map_follows_the_latents_height_and_width():
     assert spread[0, :, 0].min() > 0.5 and spread[0, :, 3].max() < 0.5  # the left column, the whole height
 
 
-def test_a_protected_object_stays_out_of_the_refined_region_and_the_map_only_grows():
+def test_a_protected_object_stays_out_of_the_refined_region():
     groups = torch.zeros(4, 4, dtype=torch.long)
     groups[2:] = 1  # top and bottom halves
     seed = torch.zeros(1, 4, 4)
@@ -64,7 +64,17 @@ def test_a_protected_object_stays_out_of_the_refined_region_and_the_map_only_gro
     refined = refined_region_map(seed, affinities, 1, dominance)
     assert refined[0, :2, :3].min() > 0.9  # the seed's group
     assert refined[0, :, 3].max() == 0 and refined[0, 2:].max() == 0  # not the protected column, nor the other group
-    assert torch.all(refined_region_map(seed, affinities, 1, None) >= seed)
+    assert torch.allclose(refined_region_map(seed, affinities, 1, None)[0, :2], torch.ones(2, 4))
+
+
+def test_the_refined_map_drops_what_the_core_reached_without_belonging_to_it():
+    groups = torch.zeros(4, 4, dtype=torch.long)
+    groups[:, 2:] = 1
+    seed = torch.zeros(1, 4, 4)
+    seed[0, :, :2] = 1.0  # the object, the left half
+    seed[0, 0, 3] = 0.6  # a stray pixel of the word's map on the other group
+    refined = refined_region_map(seed, {"a": grouping_affinity(groups)}, 1, None)
+    assert refined[0, 0, 3] < 0.2 and refined[0, :, :2].min() > 0.99
 
 
 def test_the_finest_captured_level_is_the_one_propagated():
