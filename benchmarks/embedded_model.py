@@ -4,7 +4,7 @@
 Measures, on held-out scenes of ``magic_remover.scenes`` (seeds ``--seed0 .. --seed0 + N - 1``, all < 100000,
 never used in training):
 
-0. the shape-and-colour detector of ``benchmarks/detector.py`` on ground-truth scenes (it is the judge of 2.);
+0. the shape-and-colour detector of ``magic_remover/detector.py`` on ground-truth scenes (it is the judge of 2.);
 1. autoencoder reconstruction PSNR (posterior mode, decode, uint8 [0, 255]);
 2. text-to-image: prompts naming one or two objects in the world's grammar, generated with the
    StableDiffusionPipeline (DDIM), judged by the detector (every named object found?);
@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks import detector as det  # noqa: E402
+from magic_remover import detector as det  # noqa: E402
 from magic_remover.scenes import HELDOUT_SEED_LIMIT, make_scene  # noqa: E402
 
 BARS = {
@@ -473,7 +473,7 @@ def render(args, res, info, model_dir, cmd, started, timings, seeds, attn_seeds)
 
     if "detector" in res:
         d = res["detector"]
-        L.append("**Detector details** (ground truth, `benchmarks/detector.py`):")
+        L.append("**Detector details** (ground truth, `magic_remover/detector.py`):")
         L.append("")
         L.append("| Objects | Found | Accuracy |")
         L.append("|---|---|---|")

@@ -62,7 +62,7 @@ def map_shares(attention_map: np.ndarray, region: np.ndarray, scene, index: int)
 
 
 def run_scenes(args, shard: int, shards: int, checkpoint: Path) -> None:
-    from benchmarks.detector import finds
+    from magic_remover.detector import finds
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
 
     pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)

@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.judge import FAILURES, Tolerances, judge  # noqa: E402
+from magic_remover.judge import FAILURES, Tolerances, judge  # noqa: E402
 from benchmarks.removal import METHODS, SHORT_NAMES, ResultCache, cached_detections, select_scenes, write_result  # noqa: E402
 
 TUNING = Path(__file__).resolve().parent / "results" / "removal_tuning"

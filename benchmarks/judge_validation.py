@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.judge import FAILURES, judge, strip, tolerances_text  # noqa: E402
+from magic_remover.judge import FAILURES, judge, strip, tolerances_text  # noqa: E402
 from benchmarks.removal import (  # noqa: E402
     CACHE,
     KINDS,

@@ -6,7 +6,7 @@
     python benchmarks/removal.py --methods "MR text" --compute-only      # fill the result cache only
 
 Each method's result image and cost per scene are cached (``results/removal_cache/<short name>.npz``); a run computes
-only what its cache lacks, then judges every method whose cache covers the scenes with ``benchmarks/judge.py`` (the
+only what its cache lacks, then judges every method whose cache covers the scenes with ``magic_remover/judge.py`` (the
 old success kept as a column), so a changed judge re-scores without recomputing.
 
 Writes ``benchmarks/results/removal.md`` (one table, the command and machine at its head) and
@@ -303,7 +303,7 @@ def run(args) -> None:
 def cached_detections(cache: ResultCache, stored: dict) -> dict:
     """The detector's findings on each cached result, ``{seed: [(shape, color, mask), ...]}``, themselves cached
     beside the results (``<method>.detections.npz``): the detector is the slow part of judging."""
-    from benchmarks.detector import detect
+    from magic_remover.detector import detect
 
     path = cache.path.with_suffix(".detections.npz")
     found = {}
@@ -335,7 +335,7 @@ def _save_detections(path: Path, found: dict) -> None:
 
 def judged(method: str, scenes, args, fingerprint: str | None):
     """Every scene's verdict and metrics for ``method`` from its cache, or None while the cache lacks scenes."""
-    from benchmarks.judge import judge, strip
+    from magic_remover.judge import judge, strip
 
     cache = ResultCache(args.cache, method, fingerprint)
     stored = cache.load()
@@ -377,7 +377,7 @@ def _mean(values):
 
 
 def make_table(scored: dict, scenes, steps, settings, args, fingerprints: dict) -> str:
-    from benchmarks.judge import tolerances_text
+    from magic_remover.judge import tolerances_text
     from magic_remover.pipeline_magic_remover import DEFAULT_INVERSION_METHOD
 
     inversion_method = settings.get("inversion_method", DEFAULT_INVERSION_METHOD)
@@ -392,7 +392,7 @@ def make_table(scored: dict, scenes, steps, settings, args, fingerprints: dict) 
         + ", ".join(f"{k} {v}" for k, v in counts.items())
         + f"; {steps} DDIM steps; MagicRemover settings {settings or 'paper defaults'}.",
         "",
-        "Success (the judge, `benchmarks/judge.py`, validated by eye in `judge_validation.md`): the target is gone, "
+        "Success (the judge, `magic_remover/judge.py`, validated by eye in `judge_validation.md`): the target is gone, "
         "nothing is in its place, its shadow is gone and every neighbour is kept; each failure is its own column and "
         "a result can fail several. Target left: more than half of the object's pixels still nearer the input than the "
         "truth, or the detector still finds it. Replaced: a blob of pixels off the truth in the target's region, or "

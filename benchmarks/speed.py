@@ -169,7 +169,7 @@ def format_rows(rows: list[dict]) -> list[str]:
 
 
 def embedded_section(args, size: int) -> dict:
-    from benchmarks.detector import finds
+    from magic_remover.detector import finds
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
     from magic_remover.cli import removal_settings
 

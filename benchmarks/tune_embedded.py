@@ -86,7 +86,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    from benchmarks.detector import finds
+    from magic_remover.detector import finds
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
 
     pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL, safety_checker=None, requires_safety_checker=False)

@@ -5,7 +5,7 @@
 
 Every variant starts from the embedded model's shipped settings and changes only what its name says; all run on the
 same inversion per scene (negative-prompt, the default). Scenes are the removal benchmark's kinds on tuning seeds
-(from 50000), never the held-out ones it reports. Each result is judged by ``benchmarks/judge.py`` and its strip
+(from 50000), never the held-out ones it reports. Each result is judged by ``magic_remover/judge.py`` and its strip
 (input | result | truth) saved under ``results/tuning_issue23_strips/`` to be looked at; the table goes to
 ``results/tuning_issue23_fill.md`` (one section per region: text or true mask, the latest run of each kept).
 Results are cached per variant and scene (``results/tuning_issue23_cache.json``), so a stopped run resumes and a new
@@ -26,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.judge import FAILURES, judge, strip  # noqa: E402
+from magic_remover.judge import FAILURES, judge, strip  # noqa: E402
 from benchmarks.metrics import dilate, target_region  # noqa: E402
 from benchmarks.removal import KINDS, RESULTS, select_scenes, target_phrase  # noqa: E402
 
@@ -57,7 +57,7 @@ def main(argv=None):
 
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
 
-    from benchmarks.detector import detect
+    from magic_remover.detector import detect
 
     torch.set_num_threads(1)
     names = [list(VARIANTS)[int(i)] for i in args.variants.split(",")]
@@ -109,7 +109,7 @@ def write_table(cache: dict, scenes, args, settings: dict, steps: int) -> None:
         f"{len(scenes)} scenes from tuning seed {args.first_seed} ("
         + ", ".join(f"{k} {sum(1 for s in scenes if s[0] == k)}" for k in KINDS)
         + f"), {steps} steps, the embedded model's shipped settings {settings} changed as each row says; judged by "
-        "`benchmarks/judge.py` (strips in `tuning_issue23_strips/`). Seconds: per removal, on a shared CPU.",
+        "`magic_remover/judge.py` (strips in `tuning_issue23_strips/`). Seconds: per removal, on a shared CPU.",
     ]
     for region_name in ("text", "true mask"):
         rows = []

@@ -53,20 +53,24 @@ examples:
 """
 
 
-def figure(panels: list, labels: list[str], scale: int = 4):
-    """Panels side by side, upscaled with nearest neighbour so small images stay legible, a label above each."""
+def figure(panels: list, labels: list[str], scale: int = 4, title: list[str] = ()):
+    """Panels side by side, upscaled with nearest neighbour so small images stay legible, a label above each, and the
+    ``title``'s lines above all."""
     from PIL import Image, ImageDraw
 
     tiles = [p.convert("RGB").resize((p.width * scale, p.height * scale), Image.NEAREST) for p in panels]
     label_height, gap = 16, 4
+    top = label_height * len(title)
     width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
-    height = max(t.height for t in tiles) + label_height
+    height = max(t.height for t in tiles) + label_height + top
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
+    for n, line in enumerate(title):
+        draw.text((2, 2 + n * label_height), line, fill="black")
     x = 0
     for tile, label in zip(tiles, labels):
-        canvas.paste(tile, (x, label_height))
-        draw.text((x + 2, 2), label, fill="black")
+        canvas.paste(tile, (x, top + label_height))
+        draw.text((x + 2, top + 2), label, fill="black")
         x += tile.width + gap
     return canvas
 
@@ -74,7 +78,9 @@ def figure(panels: list, labels: list[str], scale: int = 4):
 def command_demo(args) -> int:
     import torch
 
+    from .detector import detect
     from .images import psnr
+    from .judge import FAILURES, judge
     from .scenes import make_scene
 
     check_output_path(Path(args.output), force=True, protected=[])
@@ -94,10 +100,14 @@ def command_demo(args) -> int:
     truth = scene.objects[index].without
     region = scene.objects[index].mask | scene.objects[index].shadow_mask
     elapsed = time.perf_counter() - start
+    verdict = judge(result, scene, index, [(d.shape, d.color, d.mask) for d in detect(result)])
+    failures = [name.replace("_", " ") for name in FAILURES if verdict[name]]
+    verdict_text = "clean removal" if verdict["success"] else "not clean: " + ", ".join(failures)
 
     panel = figure(
         [scene.image, map_to_image(out.attention_maps[0]), result, truth],
         ["input", f"map: {obj.shape}", "result", "ground truth"],
+        title=[f"caption: {scene.caption}", f"target: {obj.shape!r}; judge: {verdict_text}"],
     )
     write_image_atomically(panel, Path(args.output), force=True, protected=[])
     print(f"scene {args.seed}: {scene.caption!r}")
@@ -107,6 +117,8 @@ def command_demo(args) -> int:
         f"(the untouched input scores {psnr(scene.image, truth):.2f} dB); "
         f"inside its region {psnr(result, truth, region):.2f} dB (input {psnr(scene.image, truth, region):.2f} dB)"
     )
+    print(f"judge (magic_remover/judge.py: target gone, nothing in its place, shadow gone, neighbours kept): "
+          f"{verdict_text}")
     print(f"time: {elapsed:.1f} s ({steps} steps) -> wrote {args.output}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Fast checks of the classical shape-and-colour detector (benchmarks/detector.py) and of the benchmark script."""
+"""Fast checks of the classical shape-and-colour detector (magic_remover/detector.py) and of the benchmark script."""
 
 import os
 import sys
@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks import detector as det  # noqa: E402
+from magic_remover import detector as det  # noqa: E402
 from magic_remover.scenes import make_scene  # noqa: E402
 
 MODEL_DIR = os.environ.get("MAGIC_REMOVER_TINY_MODEL") or os.path.join(ROOT, "magic_remover", "models", "tiny-shapes")

@@ -8,8 +8,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import benchmarks.judge as judge_module  # noqa: E402
-from benchmarks.judge import FAILURES, judge, strip  # noqa: E402
+import magic_remover.judge as judge_module  # noqa: E402
+from magic_remover.judge import FAILURES, judge, strip  # noqa: E402
 from magic_remover.scenes import composite, make_scene, quantize  # noqa: E402
 
 

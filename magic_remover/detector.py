@@ -43,8 +43,6 @@ Public API::
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Set, Tuple
 
@@ -52,11 +50,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-if __name__ == "__main__":  # run as a script from a checkout: the repository is the import root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from magic_remover.scenes import COLORS, SHAPES, points_in_polygon, polygon_vertices, visible_fraction
-from magic_remover.scenes import soft_band  # the generator's anti-aliased periodic band (~1 px soft edges)
+from .scenes import COLORS, SHAPES, points_in_polygon, polygon_vertices, visible_fraction
+from .scenes import soft_band  # the generator's anti-aliased periodic band (~1 px soft edges)
 
 __all__ = ["Detection", "detect", "detect_pairs", "finds", "COLOR_NAMES", "SHAPES", "to_float_image"]
 

@@ -79,7 +79,7 @@ def judge(result, scene, index: int, detections=(), tolerances: Tolerances = Tol
     """The verdict on ``result`` as a removal of ``scene.objects[index]``.
 
     ``detections``: the detector's findings on ``result``, as ``(shape, color, mask)`` (mask: bool HxW), e.g. from
-    ``benchmarks.detector.detect``. Returns ``success`` and one bool per class of :data:`FAILURES`, with the measures
+    ``magic_remover.detector.detect``. Returns ``success`` and one bool per class of :data:`FAILURES`, with the measures
     behind them.
     """
     tol = tolerances
