@@ -1,6 +1,7 @@
 """The magic-remover command: end to end, and its refusals."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,9 @@ def test_demo_runs_on_the_embedded_model(tmp_path, capsys):
     assert main(["demo", "-o", str(out), "--steps", "6", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "removed: the" in printed and "PSNR" in printed
-    assert Image.open(out).size[0] > 4 * 64
+    verdict = re.search(r"^judge \(.*\): (clean removal|not clean: .+)$", printed, re.MULTILINE)
+    assert verdict, printed  # the judge's verdict on the scene, in the figure's title too
+    assert Image.open(out).size[0] > 4 * 64 and Image.open(out).size[1] > 4 * 64 + 3 * 16
 
 
 @pytest.mark.skipif(not HAS_EMBEDDED, reason="the embedded model has not been trained into this checkout")
