@@ -14,7 +14,8 @@ Columns: UNet rows (samples through the UNet: a CFG-batched call counts 2) forwa
 minimum for the settings; seconds for inversion and loop; total and its ratio to null-text; peak resident memory
 growth; reconstruction PSNR with attention guidance off against the autoencoder's round trip and against the input;
 removal success, neighbour lost and fill PSNR on held-out scenes of the removal benchmark (same detector and
-definitions).
+definitions). The SD-1.5 and SDXL sections also time diffusers' own img2img on the same components, size and steps,
+in the same process, and give each method's total as a ratio to it.
 """
 
 from __future__ import annotations
@@ -254,22 +255,15 @@ def sd15_components(tokenizer_folder: Path):
 
 
 def sd15_section(args, device="cpu", size=256, dtype=torch.float32) -> dict:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
-    from magic_remover.scenes import make_scene
 
     pipe = MagicRemoverPipeline(**sd15_components(Path(EMBEDDED_MODEL) / "tokenizer")).to(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    scene = make_scene(args.first_seed, size=64, num_objects=2, kind="opaque")
-    image = scene.image.resize((size, size))
-    settings = {"guidance_scale": 7.5}  # the paper's settings: the pipeline's defaults
-    records = run_methods(pipe, [image] * args.sd_repeats, [scene.caption] * args.sd_repeats,
-                          [scene.objects[0].shape] * args.sd_repeats, args.sd_steps, settings)  # fmt: skip
-    rows = summarise(records)
-    for row in rows:
-        row["seconds_per_step"] = row["total_s"] / args.sd_steps
+    rows, costs = rows_against_img2img(pipe, args, size, args.sd_steps, StableDiffusionImg2ImgPipeline,
+                                       repeats=args.sd_repeats)  # fmt: skip
     title = (f"SD-1.5-architecture UNet + VAE + text encoder (random weights) at {size}x{size}, {str(dtype)[6:]} on "
-             f"{device}, {args.sd_steps} steps, the paper's settings; seconds per step = total / steps: "
-             + ", ".join(f"{r['method']} {r['seconds_per_step']:.1f} s" for r in rows))  # fmt: skip
+             f"{device}, {costs}")
     return {"title": title, "rows": rows}
 
 
@@ -319,30 +313,40 @@ def img2img_seconds(pipe, image, caption, steps, img2img_class) -> float:
     return cost["seconds"]
 
 
+def rows_against_img2img(pipe, args, size, steps, img2img_class, methods=METHODS, repeats=1):
+    """Each method's rows on one scene at ``size`` (``repeats`` times), then diffusers' img2img on the same components,
+    size and steps; returns the rows (with seconds per step and the ratio to img2img) and the title's words on them."""
+    from magic_remover.scenes import make_scene
+
+    pipe.set_progress_bar_config(disable=True)
+    scene = make_scene(args.first_seed, size=64, num_objects=2, kind="opaque")
+    image = scene.image.resize((size, size))
+    records = run_methods(pipe, [image] * repeats, [scene.caption] * repeats, [scene.objects[0].shape] * repeats,
+                          steps, {"guidance_scale": 7.5}, methods=methods)  # the paper's settings: the defaults
+    baseline = img2img_seconds(pipe, image, scene.caption, steps, img2img_class)
+    rows = summarise(records)
+    for row in rows:
+        row["seconds_per_step"] = row["total_s"] / steps
+        row["img2img_s"], row["x_img2img"] = baseline, row["total_s"] / baseline
+    words = (f"{steps} steps, the paper's settings; seconds per step = total / steps: "
+             + ", ".join(f"{r['method']} {r['seconds_per_step']:.1f} s" for r in rows)
+             + f"; diffusers' {img2img_class.__name__} on the same components, size and steps (strength 1): "
+             f"{baseline:.1f} s, removal total against it: "
+             + ", ".join(f"{r['method']} {r['x_img2img']:.1f}x" for r in rows))  # fmt: skip
+    return rows, words
+
+
 def sdxl_section(args, device="cpu", size=None, dtype=torch.float32) -> dict:
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
     from magic_remover import EMBEDDED_MODEL, MagicRemoverXLPipeline
-    from magic_remover.scenes import make_scene
 
     size = size or args.xl_size
     pipe = MagicRemoverXLPipeline(**sdxl_components(Path(EMBEDDED_MODEL) / "tokenizer")).to(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    scene = make_scene(args.first_seed, size=64, num_objects=2, kind="opaque")
-    image = scene.image.resize((size, size))
-    methods = args.xl_methods.split(",")
-    records = run_methods(pipe, [image], [scene.caption], [scene.objects[0].shape], args.xl_steps,
-                          {"guidance_scale": 7.5}, methods=methods)  # fmt: skip
-    baseline = img2img_seconds(pipe, image, scene.caption, args.xl_steps, StableDiffusionXLImg2ImgPipeline)
-    rows = summarise(records)
-    for row in rows:
-        row["seconds_per_step"] = row["total_s"] / args.xl_steps
+    rows, costs = rows_against_img2img(pipe, args, size, args.xl_steps, StableDiffusionXLImg2ImgPipeline,
+                                       methods=args.xl_methods.split(","))  # fmt: skip
     title = (f"SDXL-base-architecture UNet + VAE + two text encoders (random weights) at {size}x{size}, "
-             f"{str(dtype)[6:]} on {device}, {args.xl_steps} steps, the paper's settings; seconds per step = total / "
-             "steps: " + ", ".join(f"{r['method']} {r['seconds_per_step']:.1f} s" for r in rows)
-             + f"; diffusers' StableDiffusionXLImg2ImgPipeline on the same components, size and steps (strength 1): "
-             f"{baseline:.1f} s, removal total against it: "
-             + ", ".join(f"{r['method']} {r['total_s'] / baseline:.1f}x" for r in rows))  # fmt: skip
+             f"{str(dtype)[6:]} on {device}, {costs}")
     return {"title": title, "rows": rows}
 
 

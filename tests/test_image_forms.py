@@ -3,7 +3,8 @@
 The same pixels as PIL, numpy in [0, 1], a tensor in [0, 1] (diffusers' convention), a tensor in [-1, 1] (still
 accepted, with diffusers' warning) and a uint8 tensor give the same removal; masks of every dtype, ``bool`` included,
 work. These keep, without diffusers' test files, what its ``test_pt_np_pil_inputs_equivalent`` and
-``test_latents_input`` check.
+``test_latents_input`` check, for both pipelines (Stable Diffusion's and SDXL's, which take images through the same
+code: the mask forms are checked once, on Stable Diffusion's).
 """
 
 import warnings
@@ -13,6 +14,7 @@ import pytest
 import torch
 from conftest import PROMPT
 from tiny_components import make_test_image
+from tiny_xl_components import tiny_xl_pipeline
 
 from magic_remover.inputs import image_to_pixels
 
@@ -41,14 +43,20 @@ def remove(pipe, image, **kwargs):
                     output_type="np", **kwargs).images  # fmt: skip
 
 
+@pytest.fixture(scope="module", params=["sd", "sdxl"])
+def family_pipe(request):
+    """Each family's tiny pipeline: conftest's Stable Diffusion one, and an SDXL one."""
+    return request.getfixturevalue("pipe") if request.param == "sd" else tiny_xl_pipeline()
+
+
 @pytest.fixture(scope="module")
-def from_pil(pipe):
-    return remove(pipe, make_test_image())
+def from_pil(family_pipe):
+    return remove(family_pipe, make_test_image())
 
 
 @pytest.mark.parametrize("form", [f for f in FORMS if f != "pil"])
-def test_the_same_pixels_in_every_form_give_the_same_result(pipe, from_pil, form):
-    np.testing.assert_allclose(remove(pipe, FORMS[form]()), from_pil, atol=1e-5, rtol=0)
+def test_the_same_pixels_in_every_form_give_the_same_result(family_pipe, from_pil, form):
+    np.testing.assert_allclose(remove(family_pipe, FORMS[form]()), from_pil, atol=1e-5, rtol=0)
 
 
 def test_a_unit_tensor_is_read_as_zero_to_one_not_as_minus_one_to_one():
@@ -76,10 +84,10 @@ def test_a_bad_image_is_refused_naming_the_argument(image, error, words):
         image_to_pixels(image, "image")
 
 
-def test_latents_given_as_image_give_the_images_result(pipe, from_pil):
-    latents = pipe.image_latents(make_test_image())
-    np.testing.assert_allclose(remove(pipe, latents, keep_input_outside_attention_mask=False),
-                               remove(pipe, make_test_image(), keep_input_outside_attention_mask=False),
+def test_latents_given_as_image_give_the_images_result(family_pipe):
+    latents = family_pipe.image_latents(make_test_image())
+    np.testing.assert_allclose(remove(family_pipe, latents, keep_input_outside_attention_mask=False),
+                               remove(family_pipe, make_test_image(), keep_input_outside_attention_mask=False),
                                atol=1e-5, rtol=0)  # fmt: skip
 
 

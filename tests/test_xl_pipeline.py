@@ -24,7 +24,7 @@ from magic_remover.inversion import DDIMSchedule
 from magic_remover.pipeline_magic_remover_xl import pack_conditioning, unpack_conditioning
 from magic_remover.removal import RemovalOptions
 from tests.tiny_components import make_test_image
-from tests.tiny_xl_components import tiny_xl_components
+from tests.tiny_xl_components import tiny_xl_components, tiny_xl_pipeline
 
 PROMPT = "a photo of a red ball on the grass"
 STEPS = 4
@@ -34,9 +34,7 @@ SIZE = (40, 32)  # not square, and not a multiple of 16: the size ids must follo
 @pytest.fixture(scope="module")
 def pipe():
     torch.set_num_threads(1)
-    pipeline = MagicRemoverXLPipeline(**tiny_xl_components())
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return tiny_xl_pipeline()
 
 
 @pytest.fixture(scope="module")

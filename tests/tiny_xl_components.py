@@ -66,3 +66,12 @@ def tiny_xl_components(seed: int = 0, transformer_depths=(1, 2, 10), force_zeros
         "scheduler": scheduler,
         "force_zeros_for_empty_prompt": force_zeros_for_empty_prompt,
     }
+
+
+def tiny_xl_pipeline(**kwargs):
+    """A ``MagicRemoverXLPipeline`` of :func:`tiny_xl_components` (same keywords), its progress bar off."""
+    from magic_remover import MagicRemoverXLPipeline
+
+    pipeline = MagicRemoverXLPipeline(**tiny_xl_components(**kwargs))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
