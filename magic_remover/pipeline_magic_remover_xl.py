@@ -145,12 +145,24 @@ class MagicRemoverXLPipeline(StableDiffusionRemover):
             )
         return torch.tensor(ids, dtype=torch.float32)
 
+    def encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None,
+                      prompt_embeds=None, negative_prompt_embeds=None, lora_scale=None, clip_skip=None):  # fmt: skip
+        """The base's, in the packed form, with SDXL's zeros (hidden states and pooled embedding) for the empty negative
+        prompt when ``force_zeros_for_empty_prompt``, as diffusers' SDXL pipelines do."""
+        zeros = negative_prompt is None and negative_prompt_embeds is None and self.config.force_zeros_for_empty_prompt
+        prompt_embeds, negative_prompt_embeds = super().encode_prompt(
+            prompt, device, num_images_per_prompt, do_classifier_free_guidance and not zeros, negative_prompt,
+            prompt_embeds, negative_prompt_embeds, lora_scale, clip_skip,
+        )  # fmt: skip
+        if do_classifier_free_guidance and zeros:
+            negative_prompt_embeds = torch.zeros_like(prompt_embeds)
+        return prompt_embeds, negative_prompt_embeds
+
     def _text_conditioning(self, prompts, prompt_embeds, lora_scale, clip_skip, image_size, processing_size):
-        """The base's prompt and null conditioning, with SDXL's zeros for the empty prompt and this image's size ids."""
+        """The base's prompt and null conditioning (the null one SDXL's zeros, see :meth:`encode_prompt`) with this
+        image's size ids."""
         prompt_embeds, null = super()._text_conditioning(prompts, prompt_embeds, lora_scale, clip_skip, image_size,
                                                          processing_size)  # fmt: skip
-        if self.config.force_zeros_for_empty_prompt:  # as SDXL: the empty prompt's hidden states and pooled are zeros
-            null = torch.zeros_like(null)
         time_ids = self.size_ids(image_size, processing_size)
         return tuple(with_time_ids(embeds, time_ids, self.pooled_width) for embeds in (prompt_embeds, null))
 

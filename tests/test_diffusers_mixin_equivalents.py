@@ -105,13 +105,9 @@ def test_encode_prompt_alone_gives_the_prompt_embeddings_a_call_uses(family_pipe
     assert negative is not None and negative.shape == embeds.shape
 
 
-def test_encode_prompt_alone_gives_the_null_embeddings_a_call_uses(request, family_pipe):
+def test_encode_prompt_alone_gives_the_null_embeddings_a_call_uses(family_pipe):
     """Plain DDIM inversion keeps the null text as encoded: every step's null embedding is ``encode_prompt``'s
-    negative."""
-    if isinstance(family_pipe, MagicRemoverXLPipeline):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "MagicRemoverXLPipeline.encode_prompt gives the empty prompt's encoding as negative; with "
-            "force_zeros_for_empty_prompt a call uses zeros, and so does diffusers' SDXL encode_prompt")))  # fmt: skip
+    negative (for SDXL with ``force_zeros_for_empty_prompt``, zeros, as diffusers' SDXL ``encode_prompt`` gives)."""
     image = make_test_image()
     _, negative = family_pipe.encode_prompt(PROMPT, family_pipe.device, 1, True)
     inversion = family_pipe.invert(image, PROMPT, num_inference_steps=2, method="ddim")
