@@ -67,6 +67,7 @@ class RemovalAttentionState:
         self.mode = PASSTHROUGH
         self.batch = CFG_BATCH
         self.self_attention_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.recorded_batch = CFG_BATCH  # the batch layout of the reconstruction pass that recorded them
         self.cross_attention: dict[str, torch.Tensor] = {}
         # the region refinement's (ours): whether the reconstruction pass records its self-attention probabilities
         # (head-mean, conditional rows, layers of at most AFFINITY_MAX_POSITIONS positions), and those of this pass
@@ -88,6 +89,7 @@ class RemovalAttentionState:
         self.cross_attention = {}
         if mode == RECONSTRUCT:
             self.self_attention_kv = {}
+            self.recorded_batch = batch
             self.self_affinity = {}
 
     def set_refocusing(self, maps: tuple[torch.Tensor, torch.Tensor | None], weights: tuple[float, float] | None):
@@ -195,7 +197,8 @@ class SelfAttentionKVSwapProcessor(RemovalProcessor):
             if self.state.capture_affinity and query.shape[-2] <= AFFINITY_MAX_POSITIONS:
                 self.state.self_affinity[self.name] = self_attention_affinity(query, key, attn.scale, self.state.batch)
         else:
-            key, value = recorded_half(self.state.self_attention_kv.get(self.name), self.state.batch, key.shape[0])
+            key, value = recorded_half(self.state.self_attention_kv.get(self.name), self.state.batch, key.shape[0],
+                                       self.state.recorded_batch)  # fmt: skip
             if key is None:
                 raise RuntimeError(f"No reconstruction keys/values recorded for {self.name} before the edit pass.")
             bias = self.state.refocus_bias(query.shape[-2], query.shape[0])  # MagicEraser's refocusing, if on
@@ -213,16 +216,18 @@ def self_attention_affinity(query: torch.Tensor, key: torch.Tensor, scale: float
     return scores.softmax(dim=-1).mean(dim=1).detach()
 
 
-def recorded_half(recorded, batch_layout: str, batch_size: int):
-    """The reconstruction's recorded ``(K, V)`` rows that go with an edit pass of ``batch_size`` rows laid out as
-    ``batch_layout``; ``(None, None)`` if nothing fits. A CFG-batched recording ``[uncond, cond]`` gives one half to
-    a half-batch edit call; a single-evaluation recording (identical halves) serves any layout of its size."""
+def recorded_half(recorded, batch_layout: str, batch_size: int, recorded_layout: str = CFG_BATCH):
+    """The reconstruction's recorded ``(K, V)`` rows (recorded in a pass laid out as ``recorded_layout``) that go with
+    an edit pass of ``batch_size`` rows laid out as ``batch_layout``; ``(None, None)`` if nothing fits. A CFG-batched
+    recording ``[uncond, cond]`` gives one half to a half-batch edit call; a single-evaluation recording (identical
+    halves) serves any layout of its size, and both halves of a CFG-batched edit call of twice its size (the edit
+    branch's halves differ from the reconstruction's when it runs on a fill prompt)."""
     if recorded is None:
         return None, None
     key, value = recorded
     if key.shape[0] == batch_size:
         return key, value
-    if 2 * key.shape[0] == batch_size and batch_layout == CFG_BATCH:  # one evaluation stands for both halves
+    if recorded_layout == SINGLE and batch_layout == CFG_BATCH and 2 * key.shape[0] == batch_size:
         return torch.cat([key, key]), torch.cat([value, value])
     if key.shape[0] == 2 * batch_size and batch_layout in (CONDITIONAL, UNCONDITIONAL):
         rows = slice(batch_size, None) if batch_layout == CONDITIONAL else slice(0, batch_size)

@@ -106,9 +106,14 @@ def test_edit_pass_without_a_recording_of_its_size_is_an_error_and_passthrough_i
         attn(x)
     state.start_pass(RECONSTRUCT)
     attn(x[:1])
-    state.start_pass(EDIT, CFG_BATCH)  # a CFG batch of 2 cannot use a recording of 1 row
+    state.start_pass(EDIT, CFG_BATCH)  # a CFG batch of 2 cannot use one CFG-batched recording's single row
     with pytest.raises(RuntimeError, match="No reconstruction keys/values"):
         attn(x)
+    state.start_pass(RECONSTRUCT, SINGLE)  # one evaluation standing for both halves (negative-prompt inversion)
+    attn(x[:1])
+    state.start_pass(EDIT, CFG_BATCH)  # an edit branch whose halves differ (a fill prompt): both attend to that row
+    both = attn(torch.cat([x[:1], x[1:]]))
+    torch.testing.assert_close(both[1:], _by_hand(attn, x[1:], x[:1]), rtol=1e-5, atol=1e-6)
     state.start_pass(PASSTHROUGH)
     torch.testing.assert_close(attn(x), _by_hand(attn, x, x), rtol=1e-5, atol=1e-6)
 
