@@ -41,16 +41,19 @@ SECTIONS = ["embedded64", "embedded128", "sd15", "gpu", "sdxl", "sdxl_gpu", "mem
 
 
 def minimum_rows(method: str, steps: int, guided: list[bool], optimized: list[bool], optimization_steps: int,
-                 inner_iterations: int = 0) -> tuple[int, int]:  # fmt: skip
+                 inner_iterations: int = 0, fill_prompt: bool = False) -> tuple[int, int]:  # fmt: skip
     """The fewest UNet rows (forward, backward) one image needs with ``method`` for these settings.
 
     Inversion: T forwards (the DDIM trajectory); null-text adds, per step, the conditional prediction, its inner
     iterations (a forward and a backward each) and the final pass with the optimised embedding. Loop: the
     reconstruction branch's CFG at every step; the edit branch's CFG at each guided evaluation (one plus the
     classifier-optimisation repetitions) and at every later step; one backward (the conditional half) per guided
-    evaluation. CFG costs one row where its two halves are the same prediction (negative-prompt), else two.
+    evaluation. CFG costs one row where its two halves are the same prediction (negative-prompt), else two. A fill
+    prompt makes the edit branch's halves differ (two rows) and adds one conditional row per guided evaluation (the
+    energy's pass on the prompt).
     """
     cfg = 1 if method == "negative-prompt" else 2
+    edit_cfg = 2 if fill_prompt else cfg
     inversion_forward, backward = steps, 0
     if method == "null-text":
         inversion_forward += 2 * steps + inner_iterations
@@ -58,7 +61,7 @@ def minimum_rows(method: str, steps: int, guided: list[bool], optimized: list[bo
     first_guided = guided.index(True) if any(guided) else steps
     evaluations = sum(1 + (optimization_steps if optimized[i] else 0) for i in range(steps) if guided[i])
     after = sum(1 for i in range(first_guided, steps) if not guided[i])
-    loop_forward = cfg * steps + cfg * (evaluations + after)
+    loop_forward = cfg * steps + edit_cfg * (evaluations + after) + (evaluations if fill_prompt else 0)
     return inversion_forward + loop_forward, backward + evaluations
 
 
@@ -86,7 +89,8 @@ def run_methods(pipe, images, captions, phrases, steps, settings, success_of=Non
             guided = timesteps_in_range(timesteps, *call.get("guidance_timesteps", (100, 800)))
             optimized = timesteps_in_range(timesteps, *call.get("optimization_timesteps", (500, 800)))
             inner = inv_cost["backward_rows"] if method == "null-text" else 0
-            minimum = minimum_rows(method, steps, guided, optimized, call.get("optimization_steps", 1), inner)
+            minimum = minimum_rows(method, steps, guided, optimized, call.get("optimization_steps", 1), inner,
+                                   bool(call.get("fill_prompt")))  # fmt: skip
             record = {
                 "forward": inv_cost["forward_rows"] + loop_cost["forward_rows"],
                 "backward": inv_cost["backward_rows"] + loop_cost["backward_rows"],
