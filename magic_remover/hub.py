@@ -45,6 +45,7 @@ SPACE_REQUIREMENTS = (
     "numpy>=1.24",
     "Pillow>=9.0",
     "opencv-python-headless>=4.8",
+    "scipy>=1.10",
     "gradio>=5.9,<7",
 )
 #: The checkpoint the Space loads unless its ``MAGIC_REMOVER_MODEL`` variable names another.

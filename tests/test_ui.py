@@ -285,9 +285,11 @@ def test_a_demo_scene_is_the_scene_and_target_of_magic_remover_demo_with_that_se
         printed = capsys.readouterr().out
         image, caption, target = demo_scene(make_scene, seed)
         assert f"scene {seed}: {caption!r}" in printed and f"(target word {target!r})" in printed
-        label_height, scale = 16, 4  # cli.figure's layout: the input is the first panel, 4x, under a label
+        # cli.figure's layout: two title lines (caption; target and verdict), then the panels under their labels;
+        # the input is the first panel, 4x
+        scale, top = 4, 3 * 16
         figure = np.asarray(Image.open(figure_file).convert("RGB"))
-        panel = figure[label_height : label_height + 64 * scale : scale, : 64 * scale : scale]
+        panel = figure[top : top + 64 * scale : scale, : 64 * scale : scale]
         assert np.array_equal(panel, np.asarray(image))
 
 
