@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from magic_remover.detector import detect  # noqa: E402
 from magic_remover.judge import FAILURES, judge, strip, tolerances_text  # noqa: E402
 from benchmarks.removal import (  # noqa: E402
     CACHE,
@@ -31,13 +32,15 @@ from benchmarks.removal import (  # noqa: E402
     RESULTS,
     SHORT_NAMES,
     ResultCache,
-    cached_detections,
     select_scenes,
     write_result,
 )
 
 LABELS = RESULTS / "judge_labels.json"
 SAMPLE = RESULTS / "judge_labels_sample.json"
+#: The labelled result images themselves, by strip id: a method's cache is rewritten when its settings change, and a
+#: label describes the picture that was looked at, not whatever the cache holds later
+FROZEN = RESULTS / "judge_labels_results.npz"
 PAGES = RESULTS / "judge_labels_pages"
 PER_PAGE = 6
 #: What each labelling round was for: the judge changed after round 1, so only later rounds validate it
@@ -66,12 +69,27 @@ ROUND_NOTES = {
 }
 
 
-def _page(entries, scenes_by_seed, stored, captions) -> Image.Image:
+def load_frozen() -> dict:
+    """``{strip id: result image}`` of every strip drawn so far."""
+    if not FROZEN.is_file():
+        return {}
+    with np.load(FROZEN, allow_pickle=False) as data:
+        return dict(zip(data["ids"].tolist(), data["images"]))
+
+
+def save_frozen(images: dict) -> None:
+    ids = sorted(images)
+    partial = FROZEN.with_suffix(".partial.npz")
+    np.savez_compressed(partial, ids=np.array(ids), images=np.stack([images[i] for i in ids]))
+    partial.replace(FROZEN)
+
+
+def _page(entries, scenes_by_seed, frozen, captions) -> Image.Image:
     """Strips one under the other, each headed by its caption."""
     tiles = []
     for entry, caption in zip(entries, captions):
         kind, scene, index = scenes_by_seed[entry["seed"]]
-        picture = strip(scene, index, stored[entry["method"]][entry["seed"]][0], scale=3)
+        picture = strip(scene, index, frozen[entry["id"]], scale=3)
         tile = Image.new("RGB", (picture.width, picture.height + 14), "white")
         tile.paste(picture, (0, 14))
         ImageDraw.Draw(tile).text((2, 1), caption, fill="black")
@@ -107,13 +125,16 @@ def sample(args) -> None:
     first = len(previous)
     for n, entry in enumerate(draw):
         entry["id"] = first + n + 1
+    frozen = load_frozen()
+    frozen.update({entry["id"]: np.asarray(stored[entry["method"]][entry["seed"]][0], np.uint8) for entry in draw})
+    save_frozen(frozen)
     SAMPLE.write_text(json.dumps(previous + draw, indent=1) + "\n")
     scenes_by_seed = {s.seed: (k, s, i) for k, s, i in scenes}
     PAGES.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(draw), PER_PAGE):
         entries = draw[start : start + PER_PAGE]
         captions = [f"strip {e['id']}: input | result | truth" for e in entries]
-        _page(entries, scenes_by_seed, stored, captions).save(PAGES / f"page_{entries[0]['id']:03d}.png")
+        _page(entries, scenes_by_seed, frozen, captions).save(PAGES / f"page_{entries[0]['id']:03d}.png")
     print(f"{len(draw)} strips ({first + 1}..{first + len(draw)}) in {PAGES}")
 
 
@@ -121,15 +142,14 @@ def report(args) -> None:
     labels = json.loads(LABELS.read_text())
     scenes = select_scenes(100, 20000)
     scenes_by_seed = {s.seed: (k, s, i) for k, s, i in scenes}
-    methods = sorted({entry["method"] for entry in labels})
-    stored = _stored(methods)
-    detections = {m: cached_detections(ResultCache(CACHE, m, None), stored[m]) for m in methods}
+    frozen = load_frozen()
     agree_strip, agree_class, disagreements, agree, agree_pass = 0, {name: 0 for name in FAILURES}, [], {}, {}
     captions = []
     for entry in labels:
         kind, scene, index = scenes_by_seed[entry["seed"]]
-        image = stored[entry["method"]][entry["seed"]][0]
-        verdict = judge(image, scene, index, detections[entry["method"]][entry["seed"]])
+        image = frozen[entry["id"]]
+        found = [(d.shape, d.color, d.mask) for d in detect(image)]
+        verdict = judge(image, scene, index, found)
         judged = {name for name in FAILURES if verdict[name]}
         mine = set(entry["classes"])
         for name in FAILURES:
@@ -149,7 +169,7 @@ def report(args) -> None:
             disagreements.append((entry, kind, short, label, said, verdict))
     n = len(labels)
     order = sorted(range(n), key=lambda i: labels[i]["id"])
-    sheet_pages = [_page([labels[i] for i in order[s : s + 12]], scenes_by_seed, stored, [captions[i] for i in order[s : s + 12]])
+    sheet_pages = [_page([labels[i] for i in order[s : s + 12]], scenes_by_seed, frozen, [captions[i] for i in order[s : s + 12]])
                    for s in range(0, n, 12)]  # fmt: skip
     width = sum(p.width + 6 for p in sheet_pages)
     sheet = Image.new("RGB", (width, max(p.height for p in sheet_pages)), "white")
