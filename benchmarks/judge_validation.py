@@ -65,7 +65,9 @@ READING = """\
 ROUND_NOTES = {
     1: " (development: 26 strips of opaque and shadowed scenes; the judge's rules were changed after its verdicts were"
     " read, so it does not validate the final judge)",
-    2: " (fresh, labelled after the last change to the judge; the validation)",
+    2: " (fresh, labelled after the last change to the judge; a validation)",
+    3: " (fresh, 65 strips of seven methods incl. the fill-prompt defaults, blended LD and LEDITS++, labelled blind by"
+    " a helper session; the judge unchanged since round 2; a validation)",
 }
 
 
