@@ -63,11 +63,12 @@ READING = """\
   plausible to the eye, off the true background to the judge, which is what it is asked to check).
 """
 ROUND_NOTES = {
-    1: " (development: 26 strips of opaque and shadowed scenes; the judge's rules were changed after its verdicts were"
-    " read, so it does not validate the final judge)",
-    2: " (fresh, labelled after the last change to the judge; a validation)",
-    3: " (fresh, 65 strips of seven methods incl. the fill-prompt defaults, blended LD and LEDITS++, labelled blind by"
-    " a helper session; the judge unchanged since round 2; a validation)",
+    1: " (development: 26 strips of opaque and shadowed scenes, results of the previous defaults)",
+    2: " (44 strips; validated the first judge at 68% / 84%, then development for the second)",
+    3: " (65 strips of seven methods, labelled blind by a helper session; validated the first judge at 42% / 75%:"
+    " it missed faint traces, blobs beside the hole and neighbours grown, blurred or left uncompleted; then"
+    " development for the second judge, whose faint-trace and neighbour tests were chosen on rounds 1-3)",
+    4: " (fresh, labelled blind by another helper session after the second judge was fixed; its validation)",
 }
 
 

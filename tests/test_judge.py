@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -95,11 +96,51 @@ def test_a_damaged_neighbour_fails_though_the_target_is_gone():
     result = _truth(scene)
     result[neighbour.mask] = (result[neighbour.mask] * 0.6).astype(np.uint8)  # darkened, still the same shape
     assert _failures(judge(result, scene, 0)) == {"neighbour_damaged"}
-    # its soft edge alone off the truth is not damage
+    # its soft edge drawn a little differently (anti-aliasing redone: 0.05 off) is not damage; a dark outline is
     edge = neighbour.mask & ~(neighbour.alpha >= 0.99)
     result = _truth(scene)
-    result[edge] = 0
+    result[edge] = np.clip(result[edge].astype(int) + 13, 0, 255).astype(np.uint8)
     assert judge(result, scene, 0)["success"]
+    result[edge] = 0
+    assert _failures(judge(result, scene, 0)) == {"neighbour_damaged"}
+
+
+def test_a_neighbour_grown_or_recoloured_slightly_is_damaged():
+    """The eye sees a neighbour swell into the background, and a hue change too faint for the pixel tolerance."""
+    scene = _scene()
+    neighbour = scene.objects[1]
+    target = scene.objects[0]
+    away = ~ndi.binary_dilation(target.mask | target.shadow_mask, iterations=6)  # grown into the hole: also replaced
+    grown = ndi.binary_dilation(neighbour.mask, iterations=2) & ~neighbour.mask & away
+    result = _truth(scene)
+    result[grown] = (neighbour.rgb * 255).astype(np.uint8)
+    assert _failures(judge(result, scene, 0)) == {"neighbour_damaged"}
+    result = _truth(scene)
+    result[neighbour.mask] = np.clip(result[neighbour.mask].astype(int) + (0, 0, 20), 0, 255).astype(np.uint8)  # 0.08
+    assert _failures(judge(result, scene, 0)) == {"neighbour_damaged"}
+
+
+def test_a_faint_ghost_of_the_target_is_a_replacement():
+    """A trace under the pixel tolerance (0.15) that the eye sees as the target's shape, and noise that it does not."""
+    scene = _scene()
+    target = scene.objects[0]
+    result = _truth(scene).astype(int)
+    result[target.mask] += 20  # 0.08 paler in the target's shape
+    assert _failures(judge(np.clip(result, 0, 255).astype(np.uint8), scene, 0)) == {"replaced"}
+    noise = np.random.default_rng(0).integers(-20, 21, size=result.shape)  # as strong, but pixel by pixel
+    result = np.clip(_truth(scene).astype(int) + noise * target.mask[..., None], 0, 255).astype(np.uint8)
+    assert judge(result, scene, 0)["success"]
+
+
+def test_a_new_blob_beside_the_hole_is_a_replacement():
+    scene = _scene()
+    region = ndi.binary_dilation(scene.objects[0].mask | scene.objects[0].shadow_mask, iterations=8)
+    others = ndi.binary_dilation(scene.objects[1].mask, iterations=4)
+    free = np.argwhere(~region & ~others)
+    y, x = free[len(free) // 2]
+    result = _truth(scene)
+    result[max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3] = (200, 20, 200)
+    assert _failures(judge(result, scene, 0)) == {"replaced"}
 
 
 def test_a_judge_blind_to_colour_passes_the_recoloured_target(monkeypatch):
