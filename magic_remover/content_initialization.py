@@ -22,19 +22,19 @@ import numpy as np
 import torch
 
 #: The pre-fill methods of ``content_initialization`` (None: off)
-CONTENT_INITIALIZATIONS = (None, "telea")
+CONTENT_INITIALIZATIONS = (None, "telea", "shift")
 
 
 def check_content_initialization(value) -> None:
     """Refuses an unknown ``content_initialization`` and says how to install OpenCV when it is missing."""
     if value not in CONTENT_INITIALIZATIONS:
         raise ValueError(f"`content_initialization` must be one of {CONTENT_INITIALIZATIONS}, got {value!r}.")
-    if value == "telea":
+    if value is not None:  # both pre-fills use OpenCV's Telea (the shift fill to choose among its candidates)
         try:
             import cv2  # noqa: F401
         except ImportError as error:
             raise ImportError(
-                "`content_initialization='telea'` uses OpenCV's inpainting (a dependency of magic-remover): "
+                f"`content_initialization={value!r}` uses OpenCV's inpainting (a dependency of magic-remover): "
                 "`pip install opencv-python-headless`."
             ) from error
 
@@ -55,6 +55,112 @@ def telea_prefill(pixels: torch.Tensor, region: torch.Tensor, radius: int = 3) -
     out = torch.stack(filled).to(pixels.device, torch.float32) / 127.5 - 1
     keep = holes.to(pixels.device) == 0
     return torch.where(keep, pixels.float(), out).to(pixels.dtype)
+
+
+def correlate(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``out[dy, dx] = sum_p first[p] * second[p + (dy, dx)]`` for every shift, circular over the arrays' (padded)
+    size, by FFT. Shifts are read modulo the size: ``out[-1, 0]`` is the shift one row up."""
+    spectrum = np.conj(np.fft.rfft2(first)) * np.fft.rfft2(second)
+    return np.fft.irfft2(spectrum, s=first.shape)
+
+
+def best_shift(image: np.ndarray, known: np.ndarray, piece: np.ndarray, context: np.ndarray, slack: float = 0.1,
+               foreign: float = 0.15, candidates: int = 64, preferred=()):
+    """The shift ``(dy, dx)`` whose copy of the image fills ``piece`` best: among the shifts that take ``piece`` and
+    its ``context`` (known pixels around it) onto ``known`` pixels of the image, those whose copy of the context
+    matches it within ``1 + slack`` times the best match (summed squared difference), and of those the shortest whose
+    copy brings no colour foreign to the context (95% of the copied pixels within ``foreign``, Euclidean RGB, of some
+    context pixel's colour); failing that, of the best matches the least foreign. The context makes a periodic
+    texture (stripes, checks) continue in phase; the shortest shift copies what lies nearest, the likeliest to be the
+    same background; the colour test keeps a neighbouring object from being copied in. A ``preferred`` shift (one
+    already used for a neighbouring piece) that matches as well goes first, so that a texture keeps one phase. None
+    when no shift fits.
+
+    ``image``: ``H x W x C`` float; ``known``, ``piece``, ``context``: ``H x W`` bool.
+    """
+    height, width = known.shape
+    padded = lambda x: np.pad(x, [(0, height), (0, width)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    unknown = np.ones((2 * height, 2 * width))
+    unknown[:height, :width] = ~known  # the padding is outside the image: a shift that reaches it is not allowed
+    allowed = correlate(padded((piece | context).astype(np.float64)), unknown) < 0.5
+    if not allowed.any():
+        return None
+    context_p, image_p = padded(context.astype(np.float64)), padded(image)
+    cost = correlate(context_p, (image_p**2).sum(axis=2)) + (context[..., None] * image**2).sum()
+    for c in range(image.shape[2]):
+        cost -= 2 * correlate(context_p * image_p[..., c], image_p[..., c])
+    cost = np.where(allowed, np.maximum(cost, 0.0), np.inf)
+    dy = np.fft.fftfreq(2 * height, 1 / (2 * height))[:, None].astype(int)  # shifts as signed offsets
+    dx = np.fft.fftfreq(2 * width, 1 / (2 * width))[None, :].astype(int)
+    near = cost <= cost.min() * (1 + slack) + 1e-6 * max(context.sum(), 1)
+    distance = np.broadcast_to(dy**2 + dx**2, cost.shape)
+    ranked = [np.unravel_index(n, cost.shape) for n in np.argsort(np.where(near, distance, np.inf), axis=None)]
+    ranked = [(y % (2 * height), x % (2 * width)) for y, x in preferred if near[y % (2 * height), x % (2 * width)]] \
+        + ranked[: min(int(near.sum()), candidates)]
+    # then the best matches whatever their distance, should every near one bring in a colour foreign to the context
+    ranked += [np.unravel_index(n, cost.shape) for n in np.argsort(cost, axis=None)[:candidates]]
+    palette = image[context]
+    ys, xs = np.nonzero(piece)
+    foreignness = []
+    for row, col in ranked:
+        copy = image[ys + dy[row, 0], xs + dx[0, col]]
+        gap = np.sqrt(((copy[:, None, :] - palette[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+        foreignness.append(np.percentile(gap, 95))
+        if foreignness[-1] <= foreign:
+            return int(dy[row, 0]), int(dx[0, col])
+    row, col = ranked[int(np.argmin(foreignness))]
+    return int(dy[row, 0]), int(dx[0, col])
+
+
+def shift_fill(image: np.ndarray, hole: np.ndarray, tile: int, ring: int) -> np.ndarray | None:
+    """``image`` (``H x W x C``) with ``hole`` filled by copies of known pixels, one :func:`best_shift` per square
+    ``tile`` of the hole, the tile with the most known context first, its copy then known for the next tiles'
+    context (not as a source). None when a tile finds no shift."""
+    from scipy import ndimage
+
+    filled, known = image.copy(), ~hole
+    source = ~hole
+    rows, cols = np.indices(hole.shape)
+    pieces = [hole & (rows // tile == r) & (cols // tile == c)
+              for r in range(-(-hole.shape[0] // tile)) for c in range(-(-hole.shape[1] // tile))]
+    pieces = [piece for piece in pieces if piece.any()]
+    used = []
+    while pieces:
+        contexts = [ndimage.binary_dilation(piece, iterations=ring) & known for piece in pieces]
+        best = max(range(len(pieces)), key=lambda n: contexts[n].sum())
+        piece, context = pieces.pop(best), contexts[best]
+        shift = best_shift(np.where(known[..., None], filled, 0.0), source, piece, context, preferred=used)
+        if shift is None:
+            return None
+        used = [shift] + [other for other in used if other != shift]
+        ys, xs = np.nonzero(piece)
+        filled[ys, xs] = image[ys + shift[0], xs + shift[1]]
+        known = known | piece
+    return filled
+
+
+def shift_prefill(pixels: torch.Tensor, region: torch.Tensor, tile: int | None = None, ring: int | None = None):
+    """``pixels`` (``[B, 3, H, W]`` in [-1, 1]) with the ``region`` (filled where > 0.5) copied from elsewhere in the
+    same image (ours, an exemplar fill: :func:`shift_fill`, one shift per tile, each chosen by the known pixels
+    around it). A texture the hole interrupts (stripes, checks) continues through it, which Telea's fill, a smear of
+    the edge's colours, cannot do. Falls back to Telea's fill where a tile finds no shift. ``tile`` and ``ring``:
+    the tiles' side and the context's width (default: a quarter and 1/16 of the image's shorter side)."""
+    region = region if region.ndim == 4 else region.unsqueeze(1)
+    side = min(pixels.shape[-2:])
+    tile, ring = tile or max(4, side // 4), ring or max(2, side // 16)
+    out = []
+    for image, hole in zip(pixels.detach().float().cpu(), region.detach().float().cpu() > 0.5):
+        array = image.permute(1, 2, 0).numpy().astype(np.float64)
+        filled = shift_fill(array, hole[0].numpy(), tile, ring) if hole.any() else array
+        if filled is None:
+            out.append(telea_prefill(image[None], hole[None].float())[0])
+        else:
+            out.append(torch.from_numpy(filled).permute(2, 0, 1).float())
+    return torch.stack(out).to(pixels.device, pixels.dtype)
+
+
+#: Each pre-fill by its ``content_initialization`` name
+PREFILLS = {"telea": telea_prefill, "shift": shift_prefill}
 
 
 def content_shifted_latents(

@@ -37,7 +37,7 @@ else:  # transformers 5 warns when `CLIPImageProcessor` falls back to its PIL cl
 
 from .attention_maps import normalize_map
 from .attention_processors import installed_processors
-from .content_initialization import ContentInitialization, content_shifted_latents, telea_prefill
+from .content_initialization import PREFILLS, ContentInitialization, content_shifted_latents
 from .inputs import (
     check_common_inputs,
     check_invert_inputs,
@@ -600,7 +600,7 @@ class MagicRemoverPipeline(
         else:
             region = ctx.automatic_region(normalize_map(target_map).clamp(0, 1)).unsqueeze(1)
             pixel_region = F.interpolate(region, size=processing_size, mode="nearest")
-        filled = telea_prefill(source, pixel_region)
+        filled = PREFILLS[ctx.options.content_initialization](source, pixel_region)
         z0_filled = self.encode_image(filled.to(self.vae.dtype))
         return content_shifted_latents(latents, z0, z0_filled.float(), region.to(latents.dtype), alpha_t)
 
@@ -748,7 +748,10 @@ class MagicRemoverPipeline(
                 MagicRemover): ``"telea"`` pre-fills the target's automatic region (or ``mask_image``) of the input
                 with OpenCV's Telea inpainting, and the edit branch leaves the reconstruction at the first guided
                 step from that image's latent on the trajectory's noise (``content_shifted_latents``). No extra UNet
-                pass: one VAE encode and one ``cv2.inpaint``. ``None`` (default): off; the embedded model ships it on.
+                pass: one VAE encode and one ``cv2.inpaint``. ``"shift"`` (ours) pre-fills with copies of the image's
+                own pixels instead, one shift per tile of the region, chosen by the known pixels around it
+                (``shift_prefill``): a texture the object interrupts (stripes, checks) continues through the hole.
+                ``None`` (default): off; the embedded model ships it on.
             fill_prompt: the edit branch's text (ours, not in the paper): ``True`` is ``prompt`` without the noun
                 phrases that hold the target (``prompt_without_targets``: "a cat and a dog on the grass" without "dog"
                 is "a cat on the grass"), a string or list of strings that text itself. The branch then fills the

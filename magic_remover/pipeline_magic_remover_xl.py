@@ -30,7 +30,7 @@ from .pipeline_magic_remover import MagicRemoverPipeline as StableDiffusionRemov
 # turn (its Hub route follows them): the base's modules are imported here as well, so that they all travel along.
 from .attention_maps import normalize_map  # noqa: E402,F401
 from .attention_processors import installed_processors  # noqa: E402,F401
-from .content_initialization import telea_prefill  # noqa: E402,F401
+from .content_initialization import PREFILLS  # noqa: E402,F401
 from .images import trained_size  # noqa: E402,F401
 from .inputs import check_prompt  # noqa: E402,F401
 from .inversion import MagicRemoverInversion  # noqa: E402,F401

@@ -7,7 +7,13 @@ from conftest import PROMPT
 from tiny_components import make_test_image
 
 import magic_remover.pipeline_magic_remover as pipeline_module
-from magic_remover.content_initialization import content_shifted_latents, telea_prefill
+from magic_remover.content_initialization import (
+    PREFILLS,
+    best_shift,
+    content_shifted_latents,
+    shift_prefill,
+    telea_prefill,
+)
 from magic_remover.inversion import DDIMSchedule, timesteps_in_range
 
 
@@ -38,6 +44,61 @@ def test_telea_fills_the_hole_from_the_background_and_touches_nothing_else():
     assert (filled[0, :, 7:17, 7:17] - background).abs().max() <= 3 / 127.5
 
 
+def _stripes(size=48, period=6):
+    """Vertical stripes, red and blue, ``[1, 3, size, size]`` in [-1, 1]."""
+    columns = (torch.arange(size) // (period // 2)) % 2
+    pixels = torch.empty(1, 3, size, size)
+    pixels[0, 0] = torch.where(columns == 0, 0.8, -0.8).float().view(1, -1)
+    pixels[0, 1] = -0.5
+    pixels[0, 2] = -pixels[0, 0]
+    return pixels
+
+
+def test_the_shift_fill_continues_a_periodic_texture_through_the_hole_exactly():
+    truth = _stripes()
+    pixels = truth.clone()
+    pixels[..., 14:30, 17:33] = torch.tensor([0.9, 0.9, -0.9]).view(3, 1, 1)  # a yellow object
+    region = torch.zeros(1, 1, 48, 48)
+    region[..., 13:31, 16:34] = 1
+    filled = shift_prefill(pixels, region)
+    assert torch.equal(filled[..., region[0, 0] == 0], pixels[..., region[0, 0] == 0])
+    torch.testing.assert_close(filled, truth)  # the stripes in phase, the object gone
+    assert (telea_prefill(pixels, region) - truth).abs().max() > 0.5  # which a smear of the edge's colours is not
+
+
+def test_the_shift_fill_does_not_copy_a_neighbouring_object_in():
+    """The shortest shift that continues the stripes is 10 rows down (up is the image's edge; sideways the copy must
+    clear the hole by two periods, 12 columns); it would copy the green square lying inside its source, clear of its
+    context: the colour test sends the copy sideways."""
+    from scipy import ndimage
+
+    truth = _stripes(period=6)[0].permute(1, 2, 0).double().numpy()
+    image = truth.copy()
+    image[17:23, 5:9] = (-0.9, 0.9, -0.9)  # the green square, inside the hole's copy shifted by (+10, 0)
+    hole = np.zeros((48, 48), bool)
+    hole[6:14, 4:10] = True
+    context = ndimage.binary_dilation(hole, iterations=2) & ~hole
+    dy, dx = best_shift(image, ~hole, hole, context)
+    copy = image[6 + dy : 14 + dy, 4 + dx : 10 + dx]
+    np.testing.assert_allclose(copy, truth[6:14, 4:10])  # stripes in phase, no green
+    assert (dy, dx) == (0, 12)
+    assert best_shift(image, ~hole, hole, context, foreign=np.inf) == (10, 0)  # without the test: the square
+
+
+def test_the_shift_fill_falls_back_to_telea_when_no_copy_fits():
+    pixels = _stripes(size=16)
+    region = torch.ones(1, 1, 16, 16)
+    region[..., 0, 0] = 0  # nothing but one pixel is known: no tile finds a source
+    torch.testing.assert_close(shift_prefill(pixels, region), telea_prefill(pixels, region))
+
+
+def test_the_pipeline_prefills_with_the_method_named(pipe, spy):
+    _run(pipe, content_initialization="shift")
+    assert len(spy["shift_prefill"]) == 1 and not spy["telea"]
+    (source, pixel_region), filled = spy["shift_prefill"][0]
+    assert torch.equal(filled[..., pixel_region[0, 0] <= 0.5], source[..., pixel_region[0, 0] <= 0.5])
+
+
 def _run(pipe, **kwargs):
     return pipe(image=make_test_image(), prompt=PROMPT, target="ball", inversion_method="ddim", num_inference_steps=4,
                 guidance_timesteps=(100, 700), output_type="latent", **kwargs)  # fmt: skip
@@ -45,8 +106,8 @@ def _run(pipe, **kwargs):
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Records each call of the pipeline's content shift and Telea pre-fill (arguments and result)."""
-    calls = {"shift": [], "telea": []}
+    """Records each call of the pipeline's content shift and pre-fills (arguments and result)."""
+    calls = {"shift": [], "telea": [], "shift_prefill": []}
 
     def recording(name, fn):
         def wrapper(*args):
@@ -57,7 +118,8 @@ def spy(monkeypatch):
         return wrapper
 
     monkeypatch.setattr(pipeline_module, "content_shifted_latents", recording("shift", content_shifted_latents))
-    monkeypatch.setattr(pipeline_module, "telea_prefill", recording("telea", telea_prefill))
+    monkeypatch.setitem(PREFILLS, "telea", recording("telea", telea_prefill))
+    monkeypatch.setitem(PREFILLS, "shift", recording("shift_prefill", shift_prefill))
     return calls
 
 
