@@ -66,9 +66,10 @@ def correlate(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 def best_shift(image: np.ndarray, known: np.ndarray, piece: np.ndarray, context: np.ndarray, slack: float = 0.1,
                foreign: float = 0.15, candidates: int = 64, preferred=()):
-    """The shift ``(dy, dx)`` whose copy of the image fills ``piece`` best: among the shifts that take ``piece`` and
-    its ``context`` (known pixels around it) onto ``known`` pixels of the image, those whose copy of the context
-    matches it within ``1 + slack`` times the best match (summed squared difference), and of those the shortest whose
+    """The shift ``(dy, dx)`` whose copy of the image fills ``piece`` best: among the shifts that take ``piece`` onto
+    ``known`` pixels of the image, and at least half its ``context`` (known pixels around it), those whose copy of the
+    context matches it within ``1 + slack`` times the best match (mean squared difference over the context pixels
+    whose copy is known), and of those the shortest whose
     copy brings no colour foreign to the context (95% of the copied pixels within ``foreign``, Euclidean RGB, of some
     context pixel's colour); failing that, of the best matches the least foreign. The context makes a periodic
     texture (stripes, checks) continue in phase; the shortest shift copies what lies nearest, the likeliest to be the
@@ -80,19 +81,21 @@ def best_shift(image: np.ndarray, known: np.ndarray, piece: np.ndarray, context:
     """
     height, width = known.shape
     padded = lambda x: np.pad(x, [(0, height), (0, width)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
-    unknown = np.ones((2 * height, 2 * width))
-    unknown[:height, :width] = ~known  # the padding is outside the image: a shift that reaches it is not allowed
-    allowed = correlate(padded((piece | context).astype(np.float64)), unknown) < 0.5
+    source = padded(known.astype(np.float64))  # the padding is outside the image: never a source
+    context_p, image_p = padded(context.astype(np.float64)), padded(image)
+    energy = (image_p**2).sum(axis=2)
+    count = correlate(context_p, source)  # context pixels whose copy is known
+    allowed = (correlate(padded(piece.astype(np.float64)), 1.0 - source) < 0.5) & (count >= 0.5 * context.sum())
     if not allowed.any():
         return None
-    context_p, image_p = padded(context.astype(np.float64)), padded(image)
-    cost = correlate(context_p, (image_p**2).sum(axis=2)) + (context[..., None] * image**2).sum()
+    # sum over the context of |I(p) - I(p + d)|^2 where p + d is known, expanded into correlations
+    cost = correlate(context_p, energy * source) + correlate(context_p * energy, source)
     for c in range(image.shape[2]):
-        cost -= 2 * correlate(context_p * image_p[..., c], image_p[..., c])
-    cost = np.where(allowed, np.maximum(cost, 0.0), np.inf)
+        cost -= 2 * correlate(context_p * image_p[..., c], image_p[..., c] * source)
+    cost = np.where(allowed, np.maximum(cost, 0.0) / np.maximum(count, 1.0), np.inf)
     dy = np.fft.fftfreq(2 * height, 1 / (2 * height))[:, None].astype(int)  # shifts as signed offsets
     dx = np.fft.fftfreq(2 * width, 1 / (2 * width))[None, :].astype(int)
-    near = cost <= cost.min() * (1 + slack) + 1e-6 * max(context.sum(), 1)
+    near = cost <= cost.min() * (1 + slack) + 1e-6
     distance = np.broadcast_to(dy**2 + dx**2, cost.shape)
     ranked = [np.unravel_index(n, cost.shape) for n in np.argsort(np.where(near, distance, np.inf), axis=None)]
     ranked = [(y % (2 * height), x % (2 * width)) for y, x in preferred if near[y % (2 * height), x % (2 * width)]] \
@@ -115,7 +118,9 @@ def best_shift(image: np.ndarray, known: np.ndarray, piece: np.ndarray, context:
 def shift_fill(image: np.ndarray, hole: np.ndarray, tile: int, ring: int) -> np.ndarray | None:
     """``image`` (``H x W x C``) with ``hole`` filled by copies of known pixels, one :func:`best_shift` per square
     ``tile`` of the hole, the tile with the most known context first, its copy then known for the next tiles'
-    context (not as a source). None when a tile finds no shift."""
+    context (not as a source). Each copy's slow difference to the pixels around the hole (a sky's gradient, the
+    patchiness of grass) is then smoothed into the hole (:func:`boundary_correction`). None when a tile finds no
+    shift."""
     from scipy import ndimage
 
     filled, known = image.copy(), ~hole
@@ -125,6 +130,7 @@ def shift_fill(image: np.ndarray, hole: np.ndarray, tile: int, ring: int) -> np.
               for r in range(-(-hole.shape[0] // tile)) for c in range(-(-hole.shape[1] // tile))]
     pieces = [piece for piece in pieces if piece.any()]
     used = []
+    shifts = np.zeros(hole.shape + (2,), int)
     while pieces:
         contexts = [ndimage.binary_dilation(piece, iterations=ring) & known for piece in pieces]
         best = max(range(len(pieces)), key=lambda n: contexts[n].sum())
@@ -135,8 +141,37 @@ def shift_fill(image: np.ndarray, hole: np.ndarray, tile: int, ring: int) -> np.
         used = [shift] + [other for other in used if other != shift]
         ys, xs = np.nonzero(piece)
         filled[ys, xs] = image[ys + shift[0], xs + shift[1]]
+        shifts[piece] = shift
         known = known | piece
-    return filled
+    return filled + boundary_correction(image, hole, shifts, ring, sigma=tile / 2)
+
+
+def boundary_correction(image: np.ndarray, hole: np.ndarray, shifts: np.ndarray, ring: int, sigma: float,
+                        largest: float = 0.15):
+    """What to add to a hole filled by shifted copies so that it meets its surroundings: at each known pixel within
+    ``ring`` of the hole, the image minus its copy by the nearest hole pixel's shift (``shifts``: ``H x W x 2``), spread
+    into the hole by a normalised Gaussian (``sigma``), differences above ``largest`` (an object's edge, not a slow
+    change) left out; zero outside the hole."""
+    from scipy import ndimage
+
+    height, width = hole.shape
+    _, (near_y, near_x) = ndimage.distance_transform_edt(~hole, return_indices=True)
+    band = ndimage.binary_dilation(hole, iterations=ring) & ~hole
+    ys, xs = np.nonzero(band)
+    dy, dx = shifts[near_y[ys, xs], near_x[ys, xs]].T
+    ty, tx = ys + dy, xs + dx
+    valid = (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
+    valid[valid] &= ~hole[ty[valid], tx[valid]]
+    difference = np.zeros((len(ys), image.shape[2]))
+    difference[valid] = image[ys[valid], xs[valid]] - image[ty[valid], tx[valid]]
+    valid &= np.abs(difference).max(axis=1) <= largest  # an object's edge on either side: not a slow difference
+    weight = np.zeros(hole.shape)
+    residual = np.zeros(image.shape)
+    weight[ys[valid], xs[valid]] = 1.0
+    residual[ys[valid], xs[valid]] = difference[valid]
+    spread = ndimage.gaussian_filter(weight, sigma)
+    smooth = np.stack([ndimage.gaussian_filter(residual[..., c], sigma) for c in range(image.shape[2])], axis=-1)
+    return np.where(hole[..., None] & (spread[..., None] > 1e-3), smooth / np.maximum(spread, 1e-3)[..., None], 0.0)
 
 
 def shift_prefill(pixels: torch.Tensor, region: torch.Tensor, tile: int | None = None, ring: int | None = None):

@@ -67,22 +67,37 @@ def test_the_shift_fill_continues_a_periodic_texture_through_the_hole_exactly():
 
 
 def test_the_shift_fill_does_not_copy_a_neighbouring_object_in():
-    """The shortest shift that continues the stripes is 10 rows down (up is the image's edge; sideways the copy must
-    clear the hole by two periods, 12 columns); it would copy the green square lying inside its source, clear of its
-    context: the colour test sends the copy sideways."""
+    """The shortest shift that continues the stripes is one period, 6 columns, right (left is the image's edge); it
+    would copy the green square lying inside its source, clear of its context: the colour test sends the copy to the
+    next shortest, 8 rows down (the stripes run down; the copy clears the hole)."""
     from scipy import ndimage
 
     truth = _stripes(period=6)[0].permute(1, 2, 0).double().numpy()
     image = truth.copy()
-    image[17:23, 5:9] = (-0.9, 0.9, -0.9)  # the green square, inside the hole's copy shifted by (+10, 0)
+    image[7:13, 12:16] = (-0.9, 0.9, -0.9)  # the green square, inside the hole's copy shifted by (0, +6)
     hole = np.zeros((48, 48), bool)
     hole[6:14, 4:10] = True
     context = ndimage.binary_dilation(hole, iterations=2) & ~hole
     dy, dx = best_shift(image, ~hole, hole, context)
     copy = image[6 + dy : 14 + dy, 4 + dx : 10 + dx]
     np.testing.assert_allclose(copy, truth[6:14, 4:10])  # stripes in phase, no green
-    assert (dy, dx) == (0, 12)
-    assert best_shift(image, ~hole, hole, context, foreign=np.inf) == (10, 0)  # without the test: the square
+    assert (dy, dx) == (8, 0)
+    assert best_shift(image, ~hole, hole, context, foreign=np.inf) == (0, 6)  # without the test: the square
+
+
+def test_the_shift_fill_meets_a_gradient_around_the_hole(monkeypatch):
+    """On a sky-like ramp a copy (one tile: one shift) is off by a constant: the boundary correction takes it out."""
+    import magic_remover.content_initialization as module
+
+    rows, cols = np.indices((40, 40)) / 40.0
+    truth = np.stack([rows - 0.5, 0.3 * cols, -rows], axis=-1)
+    hole = np.zeros((40, 40), bool)
+    hole[14:26, 15:25] = True
+    image = np.where(hole[..., None], 0.9, truth)
+    filled = module.shift_fill(image, hole, tile=40, ring=3)
+    assert np.abs(filled - truth)[hole].max() < 1e-6
+    monkeypatch.setattr(module, "boundary_correction", lambda image, hole, *args, **kwargs: np.zeros_like(image))
+    assert np.abs(module.shift_fill(image, hole, tile=40, ring=3) - truth)[hole].max() > 0.05
 
 
 def test_the_shift_fill_falls_back_to_telea_when_no_copy_fits():
