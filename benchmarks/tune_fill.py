@@ -8,8 +8,9 @@ same inversion per scene (negative-prompt, the default). Scenes are the removal 
 (from 50000), never the held-out ones it reports. Each result is judged by ``magic_remover/judge.py`` and its strip
 (input | result | truth) saved under ``results/tuning_issue23_strips/`` to be looked at; the table goes to
 ``results/tuning_issue23_fill.md`` (one section per region: text or true mask, the latest run of each kept).
-Results are cached per variant and scene (``results/tuning_issue23_cache.json``), so a stopped run resumes and a new
-variant costs only its own calls.
+Result images are cached per variant and scene (``results/tuning_issue23_results.npz``; the cost of each in
+``results/tuning_issue23_cache.json``), so a stopped run resumes, a new variant costs only its own calls, and a changed
+judge re-judges every result without recomputing it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ VARIANTS = {
     "fill prompt, guidance 1, refinement 1, threshold 0.5": {"guidance_scale": 1.0, "region_refinement": 1,
                                                              "attention_mask_threshold": 0.5},
     "fill prompt, refinement 1": {"region_refinement": 1},
+    "fill prompt, shift pre-fill": {"content_initialization": "shift"},
+    "fill prompt off, shift pre-fill": {"fill_prompt": None, "content_initialization": "shift"},
+    "guided from t=500": {"guidance_timesteps": (100, 500)},
+    "guided from t=500, shift pre-fill": {"guidance_timesteps": (100, 500), "content_initialization": "shift"},
+    "guided from t=650, shift pre-fill": {"guidance_timesteps": (100, 650), "content_initialization": "shift"},
+    "guided from t=350, shift pre-fill": {"guidance_timesteps": (100, 350), "content_initialization": "shift"},
 }
 
 
@@ -57,8 +64,6 @@ def main(argv=None):
 
     from magic_remover import EMBEDDED_MODEL, MagicRemoverPipeline
 
-    from magic_remover.detector import detect
-
     torch.set_num_threads(1)
     names = [list(VARIANTS)[int(i)] for i in args.variants.split(",")]
     pipe = MagicRemoverPipeline.from_pretrained(EMBEDDED_MODEL)
@@ -68,6 +73,8 @@ def main(argv=None):
     region_name = "true mask" if args.true_mask else "text"
     cache_path = args.results / "tuning_issue23_cache.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    images = load_results(args.results)
+    cache = {key: value for key, value in cache.items() if key in images}  # verdicts alone: made by an older judge
     strips = args.results / "tuning_issue23_strips"
     strips.mkdir(parents=True, exist_ok=True)
     scenes = select_scenes(args.scenes, args.first_seed)
@@ -87,17 +94,47 @@ def main(argv=None):
             start = time.perf_counter()
             result = pipe(inversion=inversion, **call, **{**settings, **VARIANTS[name]}).images[0]
             seconds = time.perf_counter() - start
-            verdict = judge(result, scene, index, [(d.shape, d.color, d.mask) for d in detect(result)])
-            cache[key] = {"kind": kind, "seconds": seconds, **{k: verdict[k] for k in ("success", *FAILURES)}}
+            cache[key] = {"kind": kind, "seconds": seconds}
+            images[key] = np.asarray(result.convert("RGB"), np.uint8)
             label = "".join(c for c in name if c.isalnum())[:40]
             strip(scene, index, result).save(strips / f"{region_name.replace(' ', '_')}_{scene.seed}_{label}.png")
+            save_results(args.results, images)
             partial = cache_path.with_suffix(".partial")
             partial.write_text(json.dumps(cache, indent=1, sort_keys=True))
             partial.replace(cache_path)
-        print(f"{kind:11s} seed {scene.seed} {phrase!r}: "
-              + ", ".join(f"{n}: {'ok' if cache[f'{region_name}|{n}|{scene.seed}']['success'] else 'fail'}" for n in names),
-              flush=True)  # fmt: skip
-    write_table(cache, scenes, args, settings, steps)
+        print(f"{kind:11s} seed {scene.seed} {phrase!r}: done", flush=True)
+    write_table(judged(cache, images, scenes), scenes, args, settings, steps)
+
+
+def load_results(folder: Path) -> dict:
+    path = folder / "tuning_issue23_results.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as data:
+        return dict(zip(data["keys"].tolist(), data["images"]))
+
+
+def save_results(folder: Path, images: dict) -> None:
+    keys = sorted(images)
+    partial = folder / "tuning_issue23_results.partial.npz"
+    np.savez_compressed(partial, keys=np.array(keys), images=np.stack([images[k] for k in keys]))
+    partial.replace(folder / "tuning_issue23_results.npz")
+
+
+def judged(cache: dict, images: dict, scenes) -> dict:
+    """Each cached result's verdict by the current judge."""
+    from magic_remover.detector import detect
+
+    by_seed = {scene.seed: (scene, index) for _, scene, index in scenes}
+    out = {}
+    for key, item in cache.items():
+        seed = int(key.rsplit("|", 1)[1])
+        if seed not in by_seed:
+            continue
+        scene, index = by_seed[seed]
+        verdict = judge(images[key], scene, index, [(d.shape, d.color, d.mask) for d in detect(images[key])])
+        out[key] = {**item, **{k: verdict[k] for k in ("success", *FAILURES)}}
+    return out
 
 
 def write_table(cache: dict, scenes, args, settings: dict, steps: int) -> None:
