@@ -565,6 +565,8 @@ class MagicRemoverPipeline(
                 )
         if options.protect_cutoff is not None and has_user_mask and "protect_cutoff" not in filled:
             logger.warning("`protect_cutoff` shapes the automatic region, which `mask_image` replaces: it has no effect.")
+        if options.region_refinement and has_user_mask and "region_refinement" not in filled:
+            logger.warning("`region_refinement` refines the automatic region, which `mask_image` replaces: it has no effect.")
 
     def _check_mask(self, mask_image, image, inversion, output_type) -> None:
         if image is None and inversion is None:

@@ -122,3 +122,14 @@ def test_refinement_reaches_the_region_and_is_checked_before_any_model_pass(pipe
             quick_removal(pipe, region_refinement=value)
     with pytest.raises(ValueError, match="self_attention_guidance"):
         quick_removal(pipe, region_refinement=1, self_attention_guidance=False)
+
+
+def test_with_a_mask_the_refinement_has_no_effect_and_says_so(pipe, caplog):
+    """The user's mask is the region: refining the automatic one changes nothing, and the call says so."""
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, 8:24] = 1.0
+    plain = quick_removal(pipe, mask_image=mask, blend_outside_attention_mask=True)
+    with caplog.at_level("WARNING"):
+        refined = quick_removal(pipe, mask_image=mask, blend_outside_attention_mask=True, region_refinement=2)
+    torch.testing.assert_close(refined, plain, rtol=0, atol=0)
+    assert "`region_refinement`" in caplog.text and "no effect" in caplog.text
