@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 #: The pre-fill methods of ``content_initialization`` (None: off)
 CONTENT_INITIALIZATIONS = (None, "telea", "shift")
@@ -65,13 +66,14 @@ def correlate(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def best_shift(image: np.ndarray, known: np.ndarray, piece: np.ndarray, context: np.ndarray, slack: float = 0.1,
-               foreign: float = 0.15, candidates: int = 64, preferred=()):
+               foreign: float = 0.15, candidates: int = 64, preferred=(), sample: int = 512):
     """The shift ``(dy, dx)`` whose copy of the image fills ``piece`` best: among the shifts that take ``piece`` onto
     ``known`` pixels of the image, and at least half its ``context`` (known pixels around it), those whose copy of the
     context matches it within ``1 + slack`` times the best match (mean squared difference over the context pixels
-    whose copy is known), and of those the shortest whose
-    copy brings no colour foreign to the context (95% of the copied pixels within ``foreign``, Euclidean RGB, of some
-    context pixel's colour); failing that, of the best matches the least foreign. The context makes a periodic
+    whose copy is known), and of those the shortest whose copy brings no colour foreign to the context (95% of the
+    copied pixels within ``foreign``, Euclidean RGB, of some context pixel's colour; both read at most
+    ``sample`` pixels, evenly spaced, so that a large hole costs no more); failing that, of the best matches the least
+    foreign. The context makes a periodic
     texture (stripes, checks) continue in phase; the shortest shift copies what lies nearest, the likeliest to be the
     same background; the colour test keeps a neighbouring object from being copied in. A ``preferred`` shift (one
     already used for a neighbouring piece) that matches as well goes first, so that a texture keeps one phase. None
@@ -102,8 +104,9 @@ def best_shift(image: np.ndarray, known: np.ndarray, piece: np.ndarray, context:
         + ranked[: min(int(near.sum()), candidates)]
     # then the best matches whatever their distance, should every near one bring in a colour foreign to the context
     ranked += [np.unravel_index(n, cost.shape) for n in np.argsort(cost, axis=None)[:candidates]]
-    palette = image[context]
+    palette = image[context][:: max(1, int(context.sum()) // sample)]
     ys, xs = np.nonzero(piece)
+    ys, xs = ys[:: max(1, len(ys) // sample)], xs[:: max(1, len(xs) // sample)]
     foreignness = []
     for row, col in ranked:
         copy = image[ys + dy[row, 0], xs + dx[0, col]]
@@ -115,12 +118,12 @@ def best_shift(image: np.ndarray, known: np.ndarray, piece: np.ndarray, context:
     return int(dy[row, 0]), int(dx[0, col])
 
 
-def shift_fill(image: np.ndarray, hole: np.ndarray, tile: int, ring: int) -> np.ndarray | None:
+def shift_fill(image: np.ndarray, hole: np.ndarray, tile: int, ring: int):
     """``image`` (``H x W x C``) with ``hole`` filled by copies of known pixels, one :func:`best_shift` per square
     ``tile`` of the hole, the tile with the most known context first, its copy then known for the next tiles'
     context (not as a source). Each copy's slow difference to the pixels around the hole (a sky's gradient, the
-    patchiness of grass) is then smoothed into the hole (:func:`boundary_correction`). None when a tile finds no
-    shift."""
+    patchiness of grass) is then smoothed into the hole (:func:`boundary_correction`). Returns the filled image and
+    the shift of each hole pixel (``H x W x 2``), or None twice when a tile finds no shift."""
     from scipy import ndimage
 
     filled, known = image.copy(), ~hole
@@ -137,13 +140,13 @@ def shift_fill(image: np.ndarray, hole: np.ndarray, tile: int, ring: int) -> np.
         piece, context = pieces.pop(best), contexts[best]
         shift = best_shift(np.where(known[..., None], filled, 0.0), source, piece, context, preferred=used)
         if shift is None:
-            return None
+            return None, None
         used = [shift] + [other for other in used if other != shift]
         ys, xs = np.nonzero(piece)
         filled[ys, xs] = image[ys + shift[0], xs + shift[1]]
         shifts[piece] = shift
         known = known | piece
-    return filled + boundary_correction(image, hole, shifts, ring, sigma=tile / 2)
+    return filled + boundary_correction(image, hole, shifts, ring, sigma=tile / 2), shifts
 
 
 def boundary_correction(image: np.ndarray, hole: np.ndarray, shifts: np.ndarray, ring: int, sigma: float,
@@ -174,24 +177,55 @@ def boundary_correction(image: np.ndarray, hole: np.ndarray, shifts: np.ndarray,
     return np.where(hole[..., None] & (spread[..., None] > 1e-3), smooth / np.maximum(spread, 1e-3)[..., None], 0.0)
 
 
-def shift_prefill(pixels: torch.Tensor, region: torch.Tensor, tile: int | None = None, ring: int | None = None):
+def shift_prefill(pixels: torch.Tensor, region: torch.Tensor, tile: int | None = None, ring: int | None = None,
+                  search_side: int = 128):
     """``pixels`` (``[B, 3, H, W]`` in [-1, 1]) with the ``region`` (filled where > 0.5) copied from elsewhere in the
     same image (ours, an exemplar fill: :func:`shift_fill`, one shift per tile, each chosen by the known pixels
     around it). A texture the hole interrupts (stripes, checks) continues through it, which Telea's fill, a smear of
     the edge's colours, cannot do. Falls back to Telea's fill where a tile finds no shift. ``tile`` and ``ring``:
-    the tiles' side and the context's width (default: a quarter and 1/16 of the image's shorter side)."""
+    the tiles' side and the context's width at the search's size (default: a quarter and 1/16 of its shorter side).
+    Images larger than ``search_side`` are searched at that size (area-averaged) and copied at their own with the
+    shifts scaled up, so that a 512-pixel image costs about what a 128-pixel one does."""
     region = region if region.ndim == 4 else region.unsqueeze(1)
-    side = min(pixels.shape[-2:])
+    height, width = pixels.shape[-2:]
+    factor = max(1, -(-min(height, width) // search_side))
+    side = min(height, width) // factor
     tile, ring = tile or max(4, side // 4), ring or max(2, side // 16)
+    smooth = telea_prefill(pixels, region).detach().float().cpu()
     out = []
-    for image, hole in zip(pixels.detach().float().cpu(), region.detach().float().cpu() > 0.5):
-        array = image.permute(1, 2, 0).numpy().astype(np.float64)
-        filled = shift_fill(array, hole[0].numpy(), tile, ring) if hole.any() else array
-        if filled is None:
-            out.append(telea_prefill(image[None], hole[None].float())[0])
+    for image, hole, fallback in zip(pixels.detach().float().cpu(), region.detach().float().cpu() > 0.5, smooth):
+        array, hole = image.permute(1, 2, 0).numpy().astype(np.float64), hole[0].numpy()
+        if not hole.any():
+            out.append(image)
+            continue
+        if factor == 1:
+            filled, shifts = shift_fill(array, hole, tile, ring)
         else:
-            out.append(torch.from_numpy(filled).permute(2, 0, 1).float())
+            small = F.avg_pool2d(image[None], factor, ceil_mode=True)[0].permute(1, 2, 0).numpy().astype(np.float64)
+            small_hole = F.max_pool2d(torch.from_numpy(hole)[None, None].float(), factor, ceil_mode=True)[0, 0] > 0.5
+            _, small_shifts = shift_fill(small, small_hole.numpy(), tile, ring)
+            filled = None
+            if small_shifts is not None:
+                rows, cols = np.indices(hole.shape)
+                shifts = small_shifts[rows // factor, cols // factor] * factor
+                filled = copy_by_shifts(array, hole, shifts, fallback.permute(1, 2, 0).numpy())
+                filled = filled + boundary_correction(array, hole, shifts, ring * factor, sigma=tile * factor / 2)
+        out.append(fallback if filled is None else torch.from_numpy(filled).permute(2, 0, 1).float())
     return torch.stack(out).to(pixels.device, pixels.dtype)
+
+
+def copy_by_shifts(image: np.ndarray, hole: np.ndarray, shifts: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """``image`` with each hole pixel copied from itself plus its shift, or taken from ``fallback`` where that lands
+    outside the image or in the hole (the edges of a search made at a smaller size)."""
+    height, width = hole.shape
+    ys, xs = np.nonzero(hole)
+    ty, tx = ys + shifts[ys, xs, 0], xs + shifts[ys, xs, 1]
+    valid = (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
+    valid[valid] &= ~hole[ty[valid], tx[valid]]
+    filled = image.copy()
+    filled[ys[valid], xs[valid]] = image[ty[valid], tx[valid]]
+    filled[ys[~valid], xs[~valid]] = fallback[ys[~valid], xs[~valid]]
+    return filled
 
 
 #: Each pre-fill by its ``content_initialization`` name

@@ -94,10 +94,23 @@ def test_the_shift_fill_meets_a_gradient_around_the_hole(monkeypatch):
     hole = np.zeros((40, 40), bool)
     hole[14:26, 15:25] = True
     image = np.where(hole[..., None], 0.9, truth)
-    filled = module.shift_fill(image, hole, tile=40, ring=3)
+    filled, shifts = module.shift_fill(image, hole, tile=40, ring=3)
     assert np.abs(filled - truth)[hole].max() < 1e-6
+    assert (shifts[hole] == shifts[hole][0]).all()  # one tile, one shift
     monkeypatch.setattr(module, "boundary_correction", lambda image, hole, *args, **kwargs: np.zeros_like(image))
-    assert np.abs(module.shift_fill(image, hole, tile=40, ring=3) - truth)[hole].max() > 0.05
+    assert np.abs(module.shift_fill(image, hole, tile=40, ring=3)[0] - truth)[hole].max() > 0.05
+
+
+def test_a_large_image_is_searched_small_and_copied_at_its_own_size():
+    truth = _stripes(size=192, period=12)
+    pixels = truth.clone()
+    pixels[..., 60:110, 70:130] = torch.tensor([0.9, 0.9, -0.9]).view(3, 1, 1)
+    region = torch.zeros(1, 1, 192, 192)
+    region[..., 56:114, 66:134] = 1
+    filled = shift_prefill(pixels, region, search_side=64)  # searched at 64 x 64, a third of the size
+    assert torch.equal(filled[..., region[0, 0] == 0], pixels[..., region[0, 0] == 0])
+    error = (filled - truth).abs().amax(dim=1)[0][region[0, 0] > 0]
+    assert (error < 0.05).float().mean() > 0.95  # the stripes continue in phase, at full resolution
 
 
 def test_the_shift_fill_falls_back_to_telea_when_no_copy_fits():
