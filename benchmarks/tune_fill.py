@@ -138,34 +138,44 @@ def judged(cache: dict, images: dict, scenes) -> dict:
 
 
 def write_table(cache: dict, scenes, args, settings: dict, steps: int) -> None:
-    """Both regions' tables from the cache, for the variants every scene has."""
+    """This run's region's table (the variants every scene has) in ``tuning_issue23_fill.md``, whose section for the
+    other region, made by its own run and its own scene count, is kept."""
+    region_name = "true mask" if args.true_mask else "text"
+    rows = []
+    for name in VARIANTS:
+        items = [cache.get(f"{region_name}|{name}|{scene.seed}") for _, scene, _ in scenes]
+        if any(item is None for item in items):
+            continue
+        rate = lambda key: 100 * np.mean([item[key] for item in items])  # noqa: E731
+        by_kind = " / ".join(f"{100 * np.mean([i['success'] for i in items if i['kind'] == k]):.0f}%"
+                             for k in KINDS if any(i["kind"] == k for i in items))  # fmt: skip
+        rows.append(f"| {name} | **{rate('success'):.0f}%** | {rate('target_left'):.0f}% | {rate('replaced'):.0f}% "
+                    f"| {rate('shadow_left'):.0f}% | {rate('neighbour_damaged'):.0f}% | {by_kind} "
+                    f"| {np.mean([i['seconds'] for i in items]):.1f} |")  # fmt: skip
+    section = [f"## Region: {region_name}", "",
+               f"Command: `python benchmarks/tune_fill.py --scenes {args.scenes}"
+               + (" --true-mask" if args.true_mask else "") + f"`; {len(scenes)} scenes from tuning seed "
+               f"{args.first_seed} (" + ", ".join(f"{k} {sum(1 for s in scenes if s[0] == k)}" for k in KINDS) + ").",
+               "",
+               "| variant | success | target left | replaced | shadow left | neighbour damaged "
+               "| by kind (" + " / ".join(KINDS) + ") | s |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows]  # fmt: skip
+    path = args.results / "tuning_issue23_fill.md"
+    sections = {}
+    if path.is_file():  # keep the other region's section
+        for block in path.read_text().split("\n## Region: ")[1:]:
+            sections[block.split("\n", 1)[0].strip()] = "## Region: " + block.strip()
+    sections[region_name] = "\n".join(section)
     lines = [
         "# Issue 23's levers on the tuning scenes",
         "",
-        f"Command: `python benchmarks/tune_fill.py --scenes {args.scenes}` and the same with `--true-mask`; "
-        f"{len(scenes)} scenes from tuning seed {args.first_seed} ("
-        + ", ".join(f"{k} {sum(1 for s in scenes if s[0] == k)}" for k in KINDS)
-        + f"), {steps} steps, the embedded model's shipped settings {settings} changed as each row says; judged by "
-        "`magic_remover/judge.py` (strips in `tuning_issue23_strips/`). Seconds: per removal, on a shared CPU.",
+        f"{steps} steps, the embedded model's shipped settings {settings} changed as each row says; every variant on "
+        "the same negative-prompt inversion per scene; judged by `magic_remover/judge.py` (strips in "
+        "`tuning_issue23_strips/`). Seconds: per removal, on a shared CPU.",
     ]
-    for region_name in ("text", "true mask"):
-        rows = []
-        for name in VARIANTS:
-            items = [cache.get(f"{region_name}|{name}|{scene.seed}") for _, scene, _ in scenes]
-            if any(item is None for item in items):
-                continue
-            rate = lambda key: 100 * np.mean([item[key] for item in items])  # noqa: E731
-            by_kind = " / ".join(f"{100 * np.mean([i['success'] for i in items if i['kind'] == k]):.0f}%"
-                                 for k in KINDS if any(i["kind"] == k for i in items))  # fmt: skip
-            rows.append(f"| {name} | **{rate('success'):.0f}%** | {rate('target_left'):.0f}% | {rate('replaced'):.0f}% "
-                        f"| {rate('shadow_left'):.0f}% | {rate('neighbour_damaged'):.0f}% | {by_kind} "
-                        f"| {np.mean([i['seconds'] for i in items]):.1f} |")  # fmt: skip
-        if rows:
-            lines += ["", f"## Region: {region_name}", "",
-                      "| variant | success | target left | replaced | shadow left | neighbour damaged "
-                      "| by kind (" + " / ".join(KINDS) + ") | s |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows]  # fmt: skip
-    path = args.results / "tuning_issue23_fill.md"
+    for name in ("text", "true mask"):
+        if name in sections:
+            lines += ["", sections[name]]
     path.write_text("\n".join(lines) + "\n")
     print(path.read_text())
 
