@@ -3,12 +3,16 @@
     python benchmarks/judge_validation.py sample --count 64          # blind pages of strips to label
     (look at each page; write benchmarks/results/judge_labels.json by hand)
     python benchmarks/judge_validation.py report                     # agreement, disagreements, contact sheet
+    python benchmarks/judge_validation.py pages --ids 136-200         # blind pages of strips already drawn
+    (a second labeller, blind to the verdicts and to the first labels, writes judge_labels_second.json)
 
 ``sample`` draws results of the held-out scenes from the removal caches (``removal.py --compute-only``), spread over
 methods and kinds, and writes pages of strips (input | result | truth, enlarged) that name only a strip number:
-no method, no verdict. ``report`` judges the labelled results and writes ``judge_validation.md`` (agreement per strip
+no method, no verdict; ``pages`` draws them again for strips already sampled (a second labeller's pages).
+``report`` judges the labelled results and writes ``judge_validation.md`` (agreement per strip
 and per class, every disagreement with its picture) and ``judge_labels_sheet.png`` (every labelled strip with the
-label and the verdict).
+label and the verdict). Where a second labeller labelled some of the same strips (``judge_labels_second.json``),
+it also says how often the two eyes agree with each other: the agreement a judge can be asked for is bounded by it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from benchmarks.removal import (  # noqa: E402
 
 LABELS = RESULTS / "judge_labels.json"
 SAMPLE = RESULTS / "judge_labels_sample.json"
+#: A second labeller's labels of strips the first labeller labelled too (same format), for the eyes' own agreement
+SECOND = RESULTS / "judge_labels_second.json"
 #: The labelled result images themselves, by strip id: a method's cache is rewritten when its settings change, and a
 #: label describes the picture that was looked at, not whatever the cache holds later
 FROZEN = RESULTS / "judge_labels_results.npz"
@@ -140,19 +146,72 @@ def sample(args) -> None:
     print(f"{len(draw)} strips ({first + 1}..{first + len(draw)}) in {PAGES}")
 
 
+def pages(args) -> None:
+    """Blind pages (strip numbers only) of strips already drawn, from their frozen images."""
+    first, last = (int(v) for v in args.ids.split("-"))
+    entries = [e for e in json.loads(SAMPLE.read_text()) if first <= e["id"] <= last]
+    scenes_by_seed = {s.seed: (k, s, i) for k, s, i in select_scenes(100, 20000)}
+    frozen = load_frozen()
+    PAGES.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(entries), PER_PAGE):
+        chunk = entries[start : start + PER_PAGE]
+        captions = [f"strip {e['id']}: input | result | truth" for e in chunk]
+        _page(chunk, scenes_by_seed, frozen, captions).save(PAGES / f"page_{chunk[0]['id']:03d}.png")
+    print(f"{len(entries)} strips ({first}..{last}) in {PAGES}")
+
+
+def eyes_agreement(first: list, second: list, verdicts: dict) -> list:
+    """Lines on how two labellers' labels of the same strips agree, and the judge with each of them."""
+    by_id = {e["id"]: set(e["classes"]) for e in first}
+    common = [e for e in second if e["id"] in by_id]
+    if not common:
+        return []
+    n = len(common)
+
+    def rates(a, b):
+        same = sum(a[i] == b[i] for i in a)
+        passing = sum((not a[i]) == (not b[i]) for i in a)
+        return f"{same} of {n} ({100 * same / n:.0f}%) on all four classes, {passing} of {n} ({100 * passing / n:.0f}%) on success against failure"
+
+    one = {e["id"]: by_id[e["id"]] for e in common}
+    two = {e["id"]: set(e["classes"]) for e in common}
+    judged = {i: verdicts[i] for i in one}
+    per_class = ", ".join(f"{name} {100 * sum((name in one[i]) == (name in two[i]) for i in one) / n:.0f}%" for name in FAILURES)
+    return [
+        "## How far two eyes agree",
+        "",
+        f"A second labeller labelled {n} of the same strips blind (to the verdicts and to the first labels; "
+        "`judge_labels_second.json`, ids " + f"{min(one)}-{max(one)}).",
+        "",
+        f"- First labeller against second: {rates(one, two)}; per class: {per_class}.",
+        f"- Judge against the first labeller: {rates(judged, one)}.",
+        f"- Judge against the second labeller: {rates(judged, two)}.",
+        "",
+        "| strip | method | first labeller | second labeller | judge |",
+        "| --- | --- | --- | --- | --- |",
+        *(f"| {e['id']} | {SHORT_NAMES[METHODS.index(e['method'])]} | {', '.join(sorted(one[e['id']])) or 'success'} "
+          f"| {', '.join(sorted(two[e['id']])) or 'success'} | {', '.join(sorted(judged[e['id']])) or 'success'} |"
+          for e in common if one[e['id']] != two[e['id']]),
+        "",
+        "(Only the strips where the two labellers differ are listed.)",
+        "",
+    ]
+
+
 def report(args) -> None:
     labels = json.loads(LABELS.read_text())
     scenes = select_scenes(100, 20000)
     scenes_by_seed = {s.seed: (k, s, i) for k, s, i in scenes}
     frozen = load_frozen()
     agree_strip, agree_class, disagreements, agree, agree_pass = 0, {name: 0 for name in FAILURES}, [], {}, {}
-    captions = []
+    captions, verdicts = [], {}
     for entry in labels:
         kind, scene, index = scenes_by_seed[entry["seed"]]
         image = frozen[entry["id"]]
         found = [(d.shape, d.color, d.mask) for d in detect(image)]
         verdict = judge(image, scene, index, found)
         judged = {name for name in FAILURES if verdict[name]}
+        verdicts[entry["id"]] = judged
         mine = set(entry["classes"])
         for name in FAILURES:
             agree_class[name] += (name in judged) == (name in mine)
@@ -224,6 +283,8 @@ def report(args) -> None:
     if not disagreements:
         lines.append("| — | | | | | | | | none |")
     lines += ["", "## Reading of the disagreements (by looking at each picture again)", "", READING]
+    if SECOND.is_file():
+        lines += ["", *eyes_agreement(labels, json.loads(SECOND.read_text()), verdicts)]
     write_result("judge_validation.md", "\n".join(lines) + "\n")
 
 
@@ -235,9 +296,11 @@ def main(argv=None):
                       help="short names of the methods to draw from (their caches must hold the scenes)")
     draw.add_argument("--per-cell", type=int, default=3, help="strips per method and kind")
     draw.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    again = commands.add_parser("pages", help="blind pages of strips already drawn")
+    again.add_argument("--ids", required=True, help="first-last strip ids, e.g. 136-200")
     commands.add_parser("report", help="agreement of the judge with the labels")
     args = parser.parse_args(argv)
-    (sample if args.command == "sample" else report)(args)
+    {"sample": sample, "pages": pages, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":

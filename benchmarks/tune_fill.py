@@ -49,6 +49,16 @@ VARIANTS = {
     "guided from t=500, shift pre-fill": {"guidance_timesteps": (100, 500), "content_initialization": "shift"},
     "guided from t=650, shift pre-fill": {"guidance_timesteps": (100, 650), "content_initialization": "shift"},
     "guided from t=350, shift pre-fill": {"guidance_timesteps": (100, 350), "content_initialization": "shift"},
+    # part 2.4: the settings chosen under the first judge (issue 13), re-tuned under the new one
+    "protect cutoff 0.5": {"protect_cutoff": 0.5},
+    "protect cutoff 0.9": {"protect_cutoff": 0.9},
+    "protect cutoff off (soft lowering only)": {"protect_cutoff": None},
+    "two connected parts": {"attention_mask_components": 2},
+    "every connected part": {"attention_mask_components": None},
+    "region threshold 0.3": {"attention_mask_threshold": 0.3},
+    "lambda 0.6": {"erase_lambda": 0.6},
+    "lambda 0.9": {"erase_lambda": 0.9},
+    "attention guidance 0.3": {"attention_guidance_scale": 0.3},
 }
 
 
