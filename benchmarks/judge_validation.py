@@ -64,6 +64,11 @@ READING = """\
 - **Reconstructions and LEDITS++ results with the target left**: whether the neighbours, reshaped a little by the
   autoencoder, also count as damaged differs between labellers (rounds 1-2: damaged; round 3: not); the judge calls
   most of them damaged. These results fail on the left target anyway.
+- **Why the faintest ghosts are not caught, measured** (the section "Faint ghosts against clean fills" below): the
+  mean signed difference to the truth over the target's footprint, the most sensitive measure of a coherent ghost,
+  is as small on the ghosts the judge passes as on fills the eye calls clean (about 0.02 of the colour range on
+  both). The eye sees those ghosts by their shape, not their strength: a pixel test that fails them fails clean
+  fills too.
 - **The judge stricter than the eye**: 146 (a text-only result the eye calls clean; the judge finds a blob off the
   truth in the sky's cloud texture), 45 and 57 (Telea: a sky or a shadowed patch a shade off the truth).
 """
@@ -198,6 +203,47 @@ def eyes_agreement(first: list, second: list, verdicts: dict) -> list:
     ]
 
 
+def footprint_offset(image, scene, index: int) -> float:
+    """The mean signed difference of a result to the truth over the target's footprint (largest channel): a ghost
+    of the target, however faint, shifts it; noise and texture average out."""
+    target = scene.objects[index]
+    truth = np.asarray(target.without.convert("RGB"), np.float64) / 255
+    shown = np.asarray(scene.image.convert("RGB"), np.float64) / 255
+    footprint = (np.abs(shown - truth).max(axis=2) > 0.06) & (target.mask | target.shadow_mask)
+    if not footprint.any():
+        return 0.0
+    return float(np.abs((np.asarray(image, np.float64) / 255 - truth)[footprint].mean(axis=0)).max())
+
+
+def faint_ghosts(labels: list, verdicts: dict, scenes_by_seed: dict, frozen: dict) -> list:
+    """Lines comparing, among the strips the judge passes as not replaced (target gone), the footprint offset of
+    those the eye calls replaced with those it does not."""
+    ghosts, clean = [], []
+    for entry in labels:
+        if verdicts[entry["id"]] & {"replaced", "target_left"}:
+            continue
+        _, scene, index = scenes_by_seed[entry["seed"]]
+        offset = footprint_offset(frozen[entry["id"]], scene, index)
+        (ghosts if "replaced" in entry["classes"] else clean).append((offset, entry["id"]))
+
+    def spread(items):
+        values = sorted(v for v, _ in items)
+        return (f"{len(values)} strips, median {np.median(values):.3f}, range {values[0]:.3f}-{values[-1]:.3f}"
+                if values else "none")  # fmt: skip
+
+    truthful = [(v, i) for v, i in clean if v > 0.005]  # the ground truth's own strips are 0: left out
+    return [
+        "## Faint ghosts against clean fills",
+        "",
+        "Strips the judge passes as not replaced, by the mean signed difference to the truth over the target's "
+        "footprint (`footprint_offset`, largest channel, colours in [0, 1]):",
+        "",
+        f"- the eye sees a replacement (a ghost the judge misses): {spread(ghosts)};",
+        f"- the eye sees none (ground-truth strips left out): {spread(truthful)}.",
+        "",
+    ]
+
+
 def report(args) -> None:
     labels = json.loads(LABELS.read_text())
     scenes = select_scenes(100, 20000)
@@ -283,6 +329,7 @@ def report(args) -> None:
     if not disagreements:
         lines.append("| — | | | | | | | | none |")
     lines += ["", "## Reading of the disagreements (by looking at each picture again)", "", READING]
+    lines += ["", *faint_ghosts(labels, verdicts, scenes_by_seed, frozen)]
     if SECOND.is_file():
         lines += ["", *eyes_agreement(labels, json.loads(SECOND.read_text()), verdicts)]
     write_result("judge_validation.md", "\n".join(lines) + "\n")

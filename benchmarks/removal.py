@@ -66,11 +66,12 @@ METHODS = [
     "MagicRemover + GT mask, fill prompt off",
     "MagicRemover + region refinement (1 propagation)",
     "MagicRemover + GT mask, shift pre-fill, guided from t=500",
+    "MagicRemover, shift pre-fill, guided from t=500",
 ]
 SHORT_NAMES = ["MR text", "MR decoded", "MR no protect", "MR refocus", "MR no content init", "MR null-text no c.i.", "MR + mask",
                "MR research", "LEDITS++", "P2P x0", "Blended LD", "Telea", "reconstr.", "truth", "P2P x0 null-text", "MR region 0.3",
                "MR no cutoff", "MR all parts", "MR null-text", "MR no fill", "MR + mask no fill", "MR refine",
-               "MR + mask shift"]  # fmt: skip
+               "MR + mask shift", "MR shift"]  # fmt: skip
 #: The rows that do not run MagicRemover's removal with the model's settings: their results depend on the steps and the
 #: guidance scale alone (LEDITS++ has its own settings, the others none), so a change of those settings keeps them
 INDEPENDENT_OF_SETTINGS = {METHODS[i] for i in (8, 9, 10, 11, 12, 13, 14)}
@@ -283,6 +284,8 @@ def run(args) -> None:
         # pre-fill, and the edit branch leaving the reconstruction later (t=500), so that the pre-fill is kept more
         shifted = {**common, "content_initialization": "shift", "guidance_timesteps": (100, 500)}
         record(METHODS[22], lambda: pipe(inversion=inversion, mask_image=mask, **shifted).images[0], True)
+        # the same from text: on 30 tuning scenes it measured 23% against 17% for the defaults (noise-sized)
+        record(METHODS[23], lambda: pipe(inversion=inversion, **shifted).images[0], True)
         return results, costs
 
     caches = {method: ResultCache(args.cache, method, fingerprints[method]) for method in methods}

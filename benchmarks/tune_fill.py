@@ -1,13 +1,17 @@
-"""Issue 23's levers on the tuning scenes, judged by the new judge: the fill prompt and the region refinement.
+"""Issue 23's levers on the tuning scenes, judged by the new judge: the fill prompt, the region refinement, the shift
+pre-fill and its start, and the settings chosen under the first judge (protect cutoff, connected parts, threshold,
+lambda, attention guidance), re-tuned under the new one.
 
     python benchmarks/tune_fill.py --scenes 15                    # from text
     python benchmarks/tune_fill.py --scenes 15 --true-mask        # given the true region (object and shadow)
+    python benchmarks/tune_fill.py --scenes 30 --variants 1,15,16  # some variants (indices into VARIANTS)
 
 Every variant starts from the embedded model's shipped settings and changes only what its name says; all run on the
 same inversion per scene (negative-prompt, the default). Scenes are the removal benchmark's kinds on tuning seeds
 (from 50000), never the held-out ones it reports. Each result is judged by ``magic_remover/judge.py`` and its strip
 (input | result | truth) saved under ``results/tuning_issue23_strips/`` to be looked at; the table goes to
-``results/tuning_issue23_fill.md`` (one section per region: text or true mask, the latest run of each kept).
+``results/tuning_issue23_fill.md`` (one section per region, text or true mask, and scene count: the latest run of
+each kept; a longer run shows the variants it ran on all its scenes).
 Result images are cached per variant and scene (``results/tuning_issue23_results.npz``; the cost of each in
 ``results/tuning_issue23_cache.json``), so a stopped run resumes, a new variant costs only its own calls, and a changed
 judge re-judges every result without recomputing it.
@@ -162,7 +166,8 @@ def write_table(cache: dict, scenes, args, settings: dict, steps: int) -> None:
         rows.append(f"| {name} | **{rate('success'):.0f}%** | {rate('target_left'):.0f}% | {rate('replaced'):.0f}% "
                     f"| {rate('shadow_left'):.0f}% | {rate('neighbour_damaged'):.0f}% | {by_kind} "
                     f"| {np.mean([i['seconds'] for i in items]):.1f} |")  # fmt: skip
-    section = [f"## Region: {region_name}", "",
+    title = f"{region_name}, {len(scenes)} scenes"
+    section = [f"## Region: {title}", "",
                f"Command: `python benchmarks/tune_fill.py --scenes {args.scenes}"
                + (" --true-mask" if args.true_mask else "") + f"`; {len(scenes)} scenes from tuning seed "
                f"{args.first_seed} (" + ", ".join(f"{k} {sum(1 for s in scenes if s[0] == k)}" for k in KINDS) + ").",
@@ -172,10 +177,10 @@ def write_table(cache: dict, scenes, args, settings: dict, steps: int) -> None:
                "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows]  # fmt: skip
     path = args.results / "tuning_issue23_fill.md"
     sections = {}
-    if path.is_file():  # keep the other region's section
+    if path.is_file():  # keep the other sections: the other region's, and this region's with another scene count
         for block in path.read_text().split("\n## Region: ")[1:]:
             sections[block.split("\n", 1)[0].strip()] = "## Region: " + block.strip()
-    sections[region_name] = "\n".join(section)
+    sections[title] = "\n".join(section)
     lines = [
         "# Issue 23's levers on the tuning scenes",
         "",
@@ -183,9 +188,8 @@ def write_table(cache: dict, scenes, args, settings: dict, steps: int) -> None:
         "the same negative-prompt inversion per scene; judged by `magic_remover/judge.py` (strips in "
         "`tuning_issue23_strips/`). Seconds: per removal, on a shared CPU.",
     ]
-    for name in ("text", "true mask"):
-        if name in sections:
-            lines += ["", sections[name]]
+    for name in sorted(sections, key=lambda t: (t.startswith("true mask"), int(t.rsplit(", ", 1)[-1].split()[0]))):
+        lines += ["", sections[name]]
     path.write_text("\n".join(lines) + "\n")
     print(path.read_text())
 
