@@ -142,26 +142,24 @@ def sample(args) -> None:
     frozen.update({entry["id"]: np.asarray(stored[entry["method"]][entry["seed"]][0], np.uint8) for entry in draw})
     save_frozen(frozen)
     SAMPLE.write_text(json.dumps(previous + draw, indent=1) + "\n")
-    scenes_by_seed = {s.seed: (k, s, i) for k, s, i in scenes}
-    PAGES.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(draw), PER_PAGE):
-        entries = draw[start : start + PER_PAGE]
-        captions = [f"strip {e['id']}: input | result | truth" for e in entries]
-        _page(entries, scenes_by_seed, frozen, captions).save(PAGES / f"page_{entries[0]['id']:03d}.png")
+    write_blind_pages(draw, {s.seed: (k, s, i) for k, s, i in scenes}, frozen)
     print(f"{len(draw)} strips ({first + 1}..{first + len(draw)}) in {PAGES}")
 
 
-def pages(args) -> None:
-    """Blind pages (strip numbers only) of strips already drawn, from their frozen images."""
-    first, last = (int(v) for v in args.ids.split("-"))
-    entries = [e for e in json.loads(SAMPLE.read_text()) if first <= e["id"] <= last]
-    scenes_by_seed = {s.seed: (k, s, i) for k, s, i in select_scenes(100, 20000)}
-    frozen = load_frozen()
+def write_blind_pages(entries: list, scenes_by_seed: dict, frozen: dict) -> None:
+    """Pages of ``PER_PAGE`` strips headed by their numbers only: no method, no verdict."""
     PAGES.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(entries), PER_PAGE):
         chunk = entries[start : start + PER_PAGE]
         captions = [f"strip {e['id']}: input | result | truth" for e in chunk]
         _page(chunk, scenes_by_seed, frozen, captions).save(PAGES / f"page_{chunk[0]['id']:03d}.png")
+
+
+def pages(args) -> None:
+    """Blind pages of strips already drawn, from their frozen images (a second labeller's)."""
+    first, last = (int(v) for v in args.ids.split("-"))
+    entries = [e for e in json.loads(SAMPLE.read_text()) if first <= e["id"] <= last]
+    write_blind_pages(entries, {s.seed: (k, s, i) for k, s, i in select_scenes(100, 20000)}, load_frozen())
     print(f"{len(entries)} strips ({first}..{last}) in {PAGES}")
 
 
