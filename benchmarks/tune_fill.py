@@ -65,13 +65,15 @@ VARIANTS = {
     "attention guidance 0.3": {"attention_guidance_scale": 0.3},
 }
 
+ALL_VARIANTS = ",".join(map(str, range(len(VARIANTS))))
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=15)
     parser.add_argument("--first-seed", type=int, default=50000, help="tuning seeds, disjoint from the benchmark's")
     parser.add_argument("--true-mask", action="store_true", help="give the true region as mask_image")
-    parser.add_argument("--variants", default=",".join(map(str, range(len(VARIANTS)))),
+    parser.add_argument("--variants", default=ALL_VARIANTS,
                         help="indices into VARIANTS, comma separated (default: all)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -169,7 +171,9 @@ def write_table(cache: dict, scenes, args, settings: dict, steps: int) -> None:
     title = f"{region_name}, {len(scenes)} scenes"
     section = [f"## Region: {title}", "",
                f"Command: `python benchmarks/tune_fill.py --scenes {args.scenes}"
-               + (" --true-mask" if args.true_mask else "") + f"`; {len(scenes)} scenes from tuning seed "
+               + (" --true-mask" if args.true_mask else "")
+               + (f" --variants {args.variants}" if args.variants != ALL_VARIANTS else "")  # what made this table
+               + f"`; {len(scenes)} scenes from tuning seed "
                f"{args.first_seed} (" + ", ".join(f"{k} {sum(1 for s in scenes if s[0] == k)}" for k in KINDS) + ").",
                "",
                "| variant | success | target left | replaced | shadow left | neighbour damaged "
