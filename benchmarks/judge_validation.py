@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from magic_remover.detector import detect  # noqa: E402
-from magic_remover.judge import FAILURES, judge, strip, tolerances_text  # noqa: E402
+from magic_remover.judge import FAILURES, Tolerances, judge, strip, tolerances_text  # noqa: E402
 from benchmarks.removal import (  # noqa: E402
     CACHE,
     KINDS,
@@ -66,9 +66,10 @@ READING = """\
   most of them damaged. These results fail on the left target anyway.
 - **Why the faintest ghosts are not caught, measured** (the section "Faint ghosts against clean fills" below): the
   mean signed difference to the truth over the target's footprint, the most sensitive measure of a coherent ghost,
-  is as small on the ghosts the judge passes as on fills the eye calls clean (about 0.02 of the colour range on
-  both). The eye sees those ghosts by their shape, not their strength: a pixel test that fails them fails clean
-  fills too.
+  is larger on the ghosts the judge passes than on fills the eye calls clean (medians 0.018 against 0.006 of the
+  colour range), but the two ranges overlap (up to 0.023 on clean fills, from 0.003 on ghosts): the eye sees the
+  faintest ghosts by their shape, not their strength. A footprint-mean test would catch some of them at the price of
+  failing some clean fills; it is not in the judge, as it would need a fresh blind round to validate.
 - **The judge stricter than the eye**: 146 (a text-only result the eye calls clean; the judge finds a blob off the
   truth in the sky's cloud texture), 45 and 57 (Telea: a sky or a shadowed patch a shade off the truth).
 """
@@ -155,9 +156,17 @@ def write_blind_pages(entries: list, scenes_by_seed: dict, frozen: dict) -> None
         _page(chunk, scenes_by_seed, frozen, captions).save(PAGES / f"page_{chunk[0]['id']:03d}.png")
 
 
+def id_range(text: str) -> tuple[int, int]:
+    """``"136-200"`` as ``(136, 200)``; anything else is an argparse error naming --ids."""
+    parts = text.split("-")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) > int(parts[1]):
+        raise argparse.ArgumentTypeError(f"--ids must be FIRST-LAST with FIRST <= LAST, e.g. 136-200, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def pages(args) -> None:
     """Blind pages of strips already drawn, from their frozen images (a second labeller's)."""
-    first, last = (int(v) for v in args.ids.split("-"))
+    first, last = args.ids
     entries = [e for e in json.loads(SAMPLE.read_text()) if first <= e["id"] <= last]
     write_blind_pages(entries, {s.seed: (k, s, i) for k, s, i in select_scenes(100, 20000)}, load_frozen())
     print(f"{len(entries)} strips ({first}..{last}) in {PAGES}")
@@ -207,7 +216,7 @@ def footprint_offset(image, scene, index: int) -> float:
     target = scene.objects[index]
     truth = np.asarray(target.without.convert("RGB"), np.float64) / 255
     shown = np.asarray(scene.image.convert("RGB"), np.float64) / 255
-    footprint = (np.abs(shown - truth).max(axis=2) > 0.06) & (target.mask | target.shadow_mask)
+    footprint = (np.abs(shown - truth).max(axis=2) > Tolerances().visible) & (target.mask | target.shadow_mask)
     if not footprint.any():
         return 0.0
     return float(np.abs((np.asarray(image, np.float64) / 255 - truth)[footprint].mean(axis=0)).max())
@@ -218,8 +227,8 @@ def faint_ghosts(labels: list, verdicts: dict, scenes_by_seed: dict, frozen: dic
     those the eye calls replaced with those it does not."""
     ghosts, clean = [], []
     for entry in labels:
-        if verdicts[entry["id"]] & {"replaced", "target_left"}:
-            continue
+        if verdicts[entry["id"]] & {"replaced", "target_left"} or entry["method"] == METHODS[13]:
+            continue  # the ground truth's own strips are exact: they would only pull the clean side to 0
         _, scene, index = scenes_by_seed[entry["seed"]]
         offset = footprint_offset(frozen[entry["id"]], scene, index)
         (ghosts if "replaced" in entry["classes"] else clean).append((offset, entry["id"]))
@@ -229,7 +238,6 @@ def faint_ghosts(labels: list, verdicts: dict, scenes_by_seed: dict, frozen: dic
         return (f"{len(values)} strips, median {np.median(values):.3f}, range {values[0]:.3f}-{values[-1]:.3f}"
                 if values else "none")  # fmt: skip
 
-    truthful = [(v, i) for v, i in clean if v > 0.005]  # the ground truth's own strips are 0: left out
     return [
         "## Faint ghosts against clean fills",
         "",
@@ -237,7 +245,7 @@ def faint_ghosts(labels: list, verdicts: dict, scenes_by_seed: dict, frozen: dic
         "footprint (`footprint_offset`, largest channel, colours in [0, 1]):",
         "",
         f"- the eye sees a replacement (a ghost the judge misses): {spread(ghosts)};",
-        f"- the eye sees none (ground-truth strips left out): {spread(truthful)}.",
+        f"- the eye sees none (ground-truth strips left out): {spread(clean)}.",
         "",
     ]
 
@@ -342,7 +350,7 @@ def main(argv=None):
     draw.add_argument("--per-cell", type=int, default=3, help="strips per method and kind")
     draw.add_argument("--seed", type=int, default=0, help="seed of the draw")
     again = commands.add_parser("pages", help="blind pages of strips already drawn")
-    again.add_argument("--ids", required=True, help="first-last strip ids, e.g. 136-200")
+    again.add_argument("--ids", required=True, type=id_range, help="first-last strip ids, e.g. 136-200")
     commands.add_parser("report", help="agreement of the judge with the labels")
     args = parser.parse_args(argv)
     {"sample": sample, "pages": pages, "report": report}[args.command](args)

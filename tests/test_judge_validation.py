@@ -43,3 +43,16 @@ def test_footprint_offset_sees_a_faint_ghost_and_not_zero_mean_texture():
     checks = (np.indices(footprint.shape).sum(axis=0) % 2 * 2 - 1)[..., None]  # +1 / -1, a checkerboard
     texture += np.where(footprint[..., None], 0.1 * 255 * checks, 0)  # strong, but averaging to nothing
     assert footprint_offset(np.clip(texture, 0, 255).round().astype(np.uint8), scene, 0) < 0.02
+
+
+def test_pages_ids_must_be_a_range():
+    import argparse
+
+    import pytest
+
+    from benchmarks.judge_validation import id_range
+
+    assert id_range("136-200") == (136, 200)
+    for bad in ("136", "200-136", "a-b", "1-2-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--ids"):
+            id_range(bad)
